@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# System packages of the pinned stack. One script for the Docker image, CI and `make setup`.
+#   install-system.sh          OpenMPI from the distribution + OpenSlide + build tools
+#   install-system.sh --no-mpi the same without OpenMPI (the Docker image builds 4.0.1 itself)
+set -euo pipefail
+
+with_mpi=1
+[ "${1:-}" = "--no-mpi" ] && with_mpi=0
+
+pkgs=(libopenslide0 build-essential git ca-certificates curl)
+[ "$with_mpi" = 1 ] && pkgs+=(openmpi-bin libopenmpi-dev)
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-system: all present (${pkgs[*]})"
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "install-system: missing ${missing[*]}; run 'sudo bash docker/install-system.sh'" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-system: installed ${missing[*]}"
