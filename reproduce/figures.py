@@ -1,0 +1,159 @@
+"""The paper's figures as PNG (matplotlib, Agg backend: no display needed).
+
+    fig1a / fig1b   learning curves: loss / accuracy per epoch (train and validation), from the
+                    training log CSV (epoch, train_loss, val_loss, train_accuracy, val_accuracy)
+    fig1c / fig1d   ROC, slide level / single-lymph-node level
+    fig2a-c, d-f    slide level: macro, micro, ITC; classical, mucinous, signet/poorly
+    fig3a-c, d-f    node level, likewise
+
+Each panel is written alone (figNx.png) and the panels of a figure together (figN.png). A
+subgroup panel is the subgroup's positives against all negatives of its level. Only panels the
+data supports are drawn; a composite marks missing ones 'not in data'.
+"""
+import os
+import tempfile
+
+import numpy as np
+
+from reproduce.errors import UserError
+
+LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy")
+_TITLES = {"overall": "all", "macro": "macrometastasis", "micro": "micrometastasis",
+           "itc": "isolated tumour cells", "classical": "classical adenocarcinoma",
+           "mucinous": "mucinous adenocarcinoma",
+           "signet_poorly": "signet ring / poorly diff."}
+# panel name -> (level, group), in the paper's order
+ROC_PANELS = {"fig1c": ("slide", "overall"), "fig1d": ("node", "overall")}
+for _fig, _level in (("fig2", "slide"), ("fig3", "node")):
+    for _letter, _group in zip("abcdef", ("macro", "micro", "itc", "classical", "mucinous",
+                                           "signet_poorly")):
+        ROC_PANELS[_fig + _letter] = (_level, _group)
+LAYOUT = {"fig1": (2, 2, ("fig1a", "fig1b", "fig1c", "fig1d")),
+          "fig2": (2, 3, tuple("fig2" + c for c in "abcdef")),
+          "fig3": (2, 3, tuple("fig3" + c for c in "abcdef"))}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def load_log(path):
+    """Reads and checks the training log CSV; returns a DataFrame sorted by epoch."""
+    import pandas as pd
+    if not os.path.isfile(path):
+        raise UserError("log {}: no such file".format(path))
+    try:
+        log = pd.read_csv(path)
+    except Exception as e:
+        raise UserError("log {}: cannot read as CSV ({})".format(path, str(e).splitlines()[0]))
+    for col in LOG_COLUMNS:
+        if col not in log.columns:
+            raise UserError("log {}: missing column '{}' (have: {})".format(
+                path, col, ", ".join(map(str, log.columns))))
+        raw = log[col]
+        num = pd.to_numeric(raw, errors="coerce")
+        bad = np.flatnonzero((num.isna() & raw.notna()).values | (
+            num.isna().values if col == "epoch" else False))
+        if bad.size:
+            raise UserError("log {}: column '{}' must be numeric; row {} has {!r} ({} bad "
+                            "row{})".format(path, col, bad[0] + 1, raw.values[bad[0]],
+                                            bad.size, "" if bad.size == 1 else "s"))
+        log[col] = num
+    if len(log) == 0:
+        raise UserError("log {}: no rows".format(path))
+    return log.sort_values("epoch").reset_index(drop=True)
+
+
+def _draw_roc(ax, level, group, y, p):
+    import stats
+    fpr, tpr = stats.roc_curve(y, p)
+    ci = stats.auc_ci(y, p)
+    label = "AUC {:.4f}".format(ci.auc)
+    if np.isfinite(ci.lower):
+        label += " (95% CI {:.4f}-{:.4f})".format(ci.lower, ci.upper)
+    else:
+        label += " (no CI: < 2 of a class)"
+    ax.plot(fpr, tpr, color="tab:blue", lw=1.8, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("Sensitivity")
+    ax.set_title("{} level: {} (n+={}, n-={})".format(
+        level.capitalize(), _TITLES[group], int(np.sum(y == 1)), int(np.sum(y == 0))),
+        fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def _draw_curve(ax, log, what):
+    for split, style in (("train", "-"), ("val", "--")):
+        ax.plot(log["epoch"], log["{}_{}".format(split, what)], style,
+                label="training" if split == "train" else "validation")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Loss (binary cross-entropy)" if what == "loss" else "Accuracy")
+    ax.set_title("Learning curve: " + what, fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def _save(fig, path):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_figures(cases, out_dir, log=None, title=""):
+    """Writes every supported panel and composite; returns the written paths.
+
+    ``cases``: [(level, group, y, p)] as made by ``reproduce.table.case_sets``; ``log``: a
+    DataFrame from ``load_log`` or None.
+    """
+    plt = _pyplot()
+    by_key = {(level, group): (y, p) for level, group, y, p in cases
+              if np.any(y == 1) and np.any(y == 0)}
+    draw = {}
+    for name, key in ROC_PANELS.items():
+        if key in by_key:
+            draw[name] = (lambda ax, key=key: _draw_roc(ax, key[0], key[1], *by_key[key]))
+    if log is not None:
+        draw["fig1a"] = lambda ax: _draw_curve(ax, log, "loss")
+        draw["fig1b"] = lambda ax: _draw_curve(ax, log, "accuracy")
+    suffix = " - " + title if title else ""
+    written = []
+    for name in sorted(draw):
+        fig, ax = plt.subplots(figsize=(5, 5))
+        draw[name](ax)
+        fig.suptitle(name + suffix, fontsize=9)
+        path = os.path.join(out_dir, name + ".png")
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+    for fig_name, (rows, cols, panels) in LAYOUT.items():
+        if not any(p in draw for p in panels):
+            continue
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.6 * rows))
+        for ax, panel in zip(axes.ravel(), panels):
+            if panel in draw:
+                draw[panel](ax)
+            else:
+                ax.text(0.5, 0.5, "not in data", ha="center", va="center", color="grey")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            ax.text(-0.12, 1.04, panel[-1], transform=ax.transAxes, fontsize=13,
+                    fontweight="bold")
+        fig.suptitle(fig_name + suffix)
+        fig.tight_layout()
+        path = os.path.join(out_dir, fig_name + ".png")
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+    return written

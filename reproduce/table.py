@@ -1,0 +1,404 @@
+"""`python -m reproduce table`: the paper's results, reproduced from a predictions CSV.
+
+For each level present (slide: threshold 0.5; node: threshold 0.3) it reports the rows overall,
+macro / micro / ITC, classical / mucinous / signet-poorly, and the chemotherapy subset, each with
+
+    n+ / n-, AUC [DeLong 95% CI], p of the paired DeLong test against the dummy model that always
+    outputs 0.5, accuracy at the threshold (positive when probability >= threshold) with its
+    Wilson and Wald 95% CIs, and the paper's value beside it with the difference.
+
+Subgroup AUC (size, subtype) = the subgroup's positives against ALL negatives of the level, as in
+the paper; accuracy of those rows is over the same cases. The chemo row is every case with
+chemo = 1 (its own positives and negatives); the paper reports only its accuracy.
+
+Writes OUT/table.md, OUT/table.csv and the figures (reproduce/figures.py), then prints the
+Markdown table.
+"""
+import math
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from reproduce.errors import UserError
+
+PAPER_VALUES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_values.csv")
+THRESHOLDS = {"slide": 0.5, "node": 0.3}
+LEVEL_NAMES = {"slide": "Slide level", "node": "Single-lymph-node level"}
+SIZE_GROUPS = ("macro", "micro", "itc")
+SUBTYPE_GROUPS = ("classical", "mucinous", "signet_poorly")
+GROUP_NAMES = {"overall": "Overall", "macro": "Macrometastasis", "micro": "Micrometastasis",
+               "itc": "Isolated tumour cells", "classical": "Classical adenocarcinoma",
+               "mucinous": "Mucinous adenocarcinoma",
+               "signet_poorly": "Signet ring / poorly differentiated", "chemo": "Preoperative chemo"}
+OPTIONAL = ("level", "size_category", "subtype", "chemo")
+ALLOWED = {"level": ("slide", "node"), "size_category": SIZE_GROUPS + ("negative",),
+           "subtype": SUBTYPE_GROUPS, "chemo": ("0", "1")}
+CSV_COLUMNS = ["level", "group", "n_pos", "n_neg", "auc", "auc_lower", "auc_upper",
+               "auc_variance", "p_vs_dummy", "threshold", "accuracy_pct", "wilson_lower_pct",
+               "wilson_upper_pct", "wald_lower_pct", "wald_upper_pct", "sensitivity_pct",
+               "paper_auc", "paper_auc_lower", "paper_auc_upper", "auc_diff",
+               "paper_accuracy_pct", "paper_accuracy_pct_lower", "paper_accuracy_pct_upper",
+               "accuracy_diff_pct", "paper_note"]
+
+
+def add_arguments(parser):
+    parser.add_argument("--predictions", required=True, metavar="P.csv",
+                        help="slide_id, probability, label [, level, size_category, subtype, "
+                             "chemo]")
+    parser.add_argument("--manifest", metavar="M.csv",
+                        help="fills subgroup columns (level, size_category, subtype, chemo) "
+                             "missing from the predictions, by slide_id")
+    parser.add_argument("--log", metavar="train_log.csv",
+                        help="epoch, train_loss, val_loss, train_accuracy, val_accuracy: adds "
+                             "the learning curves (Fig. 1a, b)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="writes table.md, "
+                        "table.csv and the figures here")
+    parser.add_argument("--title", default="",
+                        help="label for the title line, e.g. 'SYNTHETIC cohort'")
+    parser.add_argument("--no-figures", action="store_true", help="tables only")
+
+
+def run(args):
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError("--out {}: exists and is not a directory".format(args.out))
+    df = load_predictions(args.predictions, args.manifest)
+    log = None
+    if args.log:
+        from reproduce import figures
+        log = figures.load_log(args.log)  # validate before any work
+    paper = load_paper_values()
+    rows, notes, cases = compute_rows(df, paper)
+    md = render_markdown(rows, notes, paper, args.title, args.predictions)
+    os.makedirs(args.out, exist_ok=True)
+    _write_atomic(os.path.join(args.out, "table.csv"), render_csv(rows))
+    _write_atomic(os.path.join(args.out, "table.md"), md)
+    written = []
+    if not args.no_figures:
+        from reproduce import figures
+        written = figures.write_figures(cases, args.out, log=log, title=args.title)
+    sys.stdout.write(md)
+    print("wrote {} and {} figure(s) to {}".format("table.md, table.csv", len(written), args.out))
+    return 0
+
+
+# ------------------------------------------------------------------------- reading and checks
+
+def _read_csv(path, what):
+    import pandas as pd
+    if not os.path.isfile(path):
+        raise UserError("{} {}: no such file".format(what, path))
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as e:  # pandas raises several parser/encoding types
+        raise UserError("{} {}: cannot read as CSV ({})".format(what, path,
+                                                                str(e).splitlines()[0]))
+
+
+def _bad_rows(path, column, mask, values, expected):
+    """UserError naming the column, the first offending row (1-based data row) and the count."""
+    idx = np.flatnonzero(np.asarray(mask))
+    if idx.size:
+        first = int(idx[0])
+        raise UserError("{}: column '{}' must be {}; row {} has {!r} ({} bad row{})".format(
+            path, column, expected, first + 1, values[first], idx.size,
+            "" if idx.size == 1 else "s"))
+
+
+def _check_optional(df, path):
+    """Normalises optional columns in place (lower-case, stripped; blank = unknown)."""
+    for col in OPTIONAL:
+        if col not in df.columns:
+            continue
+        v = df[col].astype(str).str.strip().str.lower()
+        if col == "chemo":
+            v = v.replace({"true": "1", "false": "0", "1.0": "1", "0.0": "0"})
+        bad = (v != "") & ~v.isin(ALLOWED[col])
+        _bad_rows(path, col, bad.values, df[col].values,
+                  "blank or one of " + "|".join(ALLOWED[col]))
+        df[col] = v
+
+
+def load_predictions(path, manifest_path=None):
+    """Reads and validates the predictions CSV (and fills subgroup columns from the manifest).
+
+    Returns a DataFrame with slide_id (str), probability (float), label (int 0/1), level
+    (slide|node), and the optional columns as normalised strings ('' where unknown).
+    """
+    import pandas as pd
+    df = _read_csv(path, "predictions")
+    for col in ("slide_id", "probability", "label"):
+        if col not in df.columns:
+            raise UserError("predictions {}: missing column '{}' (have: {})".format(
+                path, col, ", ".join(df.columns)))
+    if len(df) == 0:
+        raise UserError("predictions {}: no rows".format(path))
+    df["slide_id"] = df["slide_id"].str.strip()
+    _bad_rows(path, "slide_id", (df["slide_id"] == "").values, df["slide_id"].values,
+              "a non-empty id")
+
+    label = pd.to_numeric(df["label"], errors="coerce")
+    _bad_rows(path, "label", ~label.isin([0, 1]).values, df["label"].values, "0 or 1")
+    prob = pd.to_numeric(df["probability"], errors="coerce")
+    badp = ~(prob.between(0.0, 1.0).values & np.isfinite(prob.values))  # NaN fails between
+    _bad_rows(path, "probability", badp, df["probability"].values, "a number in [0, 1]")
+    df["label"] = label.astype(int)
+    df["probability"] = prob.astype(float)
+    _check_optional(df, path)
+
+    if manifest_path:
+        _fill_from_manifest(df, manifest_path)
+    for col in OPTIONAL:
+        if col not in df.columns:
+            df[col] = ""
+    df.loc[df["level"] == "", "level"] = "slide"  # the paper's default unit
+
+    dup = df.duplicated(["slide_id", "level"], keep=False).values
+    _bad_rows(path, "slide_id", dup, df["slide_id"].values, "unique within a level")
+    pos = df["label"] == 1
+    sc = df["size_category"]
+    contra = (pos & (sc == "negative")) | (~pos & sc.isin(SIZE_GROUPS))
+    _bad_rows(path + (" (with manifest)" if manifest_path else ""), "size_category",
+              contra.values, sc.values, "consistent with label (negative iff label 0)")
+    return df
+
+
+def _fill_from_manifest(df, manifest_path):
+    man = _read_csv(manifest_path, "manifest")
+    if "slide_id" not in man.columns:
+        raise UserError("manifest {}: missing column 'slide_id'".format(manifest_path))
+    man["slide_id"] = man["slide_id"].str.strip()
+    _bad_rows(manifest_path, "slide_id", man["slide_id"].duplicated(keep=False).values,
+              man["slide_id"].values, "unique")
+    cols = [c for c in OPTIONAL if c in man.columns]
+    man = man[["slide_id"] + cols].copy()
+    _check_optional(man, manifest_path)
+    lookup = man.set_index("slide_id")
+    for col in cols:
+        from_manifest = df["slide_id"].map(lookup[col]).fillna("")
+        if col not in df.columns:
+            df[col] = from_manifest
+        else:  # keep what the predictions say; fill only its blanks
+            df[col] = df[col].where(df[col] != "", from_manifest)
+
+
+def load_paper_values(path=PAPER_VALUES):
+    """The paper's reported values: {(level, group): dict of the CSV's columns}."""
+    import pandas as pd
+    t = pd.read_csv(path, dtype={"level": str, "group": str, "note": str})
+    out = {}
+    for r in t.to_dict("records"):
+        out[(r["level"], r["group"])] = {k: (None if isinstance(v, float) and math.isnan(v)
+                                             else v) for k, v in r.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------- computing
+
+def case_sets(df):
+    """[(level, group, y, p)] in the paper's order, and notes for rows that cannot be made."""
+    sets, notes = [], []
+    for level in ("slide", "node"):
+        d = df[df["level"] == level]
+        if len(d) == 0:
+            continue
+        y, p = d["label"].values, d["probability"].values
+        sets.append((level, "overall", y, p))
+        neg = y == 0
+        for col, groups in (("size_category", SIZE_GROUPS), ("subtype", SUBTYPE_GROUPS)):
+            if (d[col] == "").all():
+                notes.append("{}: no {} column/values; its rows are omitted.".format(
+                    LEVEL_NAMES[level], col))
+                continue
+            for g in groups:
+                sel = (y == 1) & (d[col].values == g)
+                if not sel.any():
+                    notes.append("{}: no positive case with {} = {}; row skipped.".format(
+                        LEVEL_NAMES[level], col, g))
+                    continue
+                keep = sel | neg  # the subgroup's positives against ALL negatives
+                sets.append((level, g, y[keep], p[keep]))
+        if (d["chemo"] == "").all():
+            notes.append("{}: no chemo column/values; the chemo row is omitted.".format(
+                LEVEL_NAMES[level]))
+        else:
+            sel = d["chemo"].values == "1"
+            if sel.any():
+                sets.append((level, "chemo", y[sel], p[sel]))
+            else:
+                notes.append("{}: no case with chemo = 1; row skipped.".format(
+                    LEVEL_NAMES[level]))
+    return sets, notes
+
+
+def compute_row(level, group, y, p, paper=None):
+    """One row of the table as a dict with the CSV_COLUMNS keys (NaN where not defined)."""
+    import stats
+    nan = float("nan")
+    thr = THRESHOLDS[level]
+    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    row = dict.fromkeys(CSV_COLUMNS, nan)
+    row.update(level=level, group=group, n_pos=n_pos, n_neg=n_neg, threshold=thr,
+               paper_note="")
+    if n_pos and n_neg:
+        ci = stats.auc_ci(y, p)
+        test = stats.delong_test(y, p, np.full(len(y), 0.5))
+        row.update(auc=ci.auc, auc_lower=ci.lower, auc_upper=ci.upper, auc_variance=ci.variance,
+                   p_vs_dummy=test.p)
+    correct = int(np.sum((p >= thr).astype(int) == y))
+    n = n_pos + n_neg
+    wil, wald = (stats.proportion_ci(correct, n, method=m) for m in ("wilson", "wald"))
+    row.update(accuracy_pct=100.0 * correct / n, wilson_lower_pct=100 * wil[0],
+               wilson_upper_pct=100 * wil[1], wald_lower_pct=100 * wald[0],
+               wald_upper_pct=100 * wald[1])
+    if n_pos:
+        row["sensitivity_pct"] = 100.0 * np.sum(p[y == 1] >= thr) / n_pos
+    ref = (paper or {}).get((level, group))
+    if ref:
+        for ours, theirs in (("paper_auc", "auc"), ("paper_auc_lower", "auc_lower"),
+                             ("paper_auc_upper", "auc_upper"),
+                             ("paper_accuracy_pct", "accuracy_pct"),
+                             ("paper_accuracy_pct_lower", "accuracy_pct_lower"),
+                             ("paper_accuracy_pct_upper", "accuracy_pct_upper")):
+            if ref.get(theirs) is not None:
+                row[ours] = float(ref[theirs])
+        row["auc_diff"] = row["auc"] - row["paper_auc"]
+        row["accuracy_diff_pct"] = row["accuracy_pct"] - row["paper_accuracy_pct"]
+        row["paper_note"] = ref.get("note") or ""
+    return row
+
+
+def compute_rows(df, paper):
+    """(rows, notes, case sets) for the whole predictions table."""
+    sets, notes = case_sets(df)
+    rows = [compute_row(level, group, y, p, paper) for level, group, y, p in sets]
+    for r in rows:
+        if math.isnan(r["auc"]) and r["group"] != "chemo":
+            notes.append("{} {}: one class only ({} positive, {} negative); AUC not "
+                         "defined.".format(LEVEL_NAMES[r["level"]], r["group"], r["n_pos"],
+                                           r["n_neg"]))
+        elif math.isnan(r["auc_lower"]) and not math.isnan(r["auc"]):
+            notes.append("{} {}: fewer than 2 positives or negatives; DeLong variance "
+                         "undefined, AUC without CI or p.".format(LEVEL_NAMES[r["level"]],
+                                                                 r["group"]))
+    return rows, notes, sets
+
+
+def paper_ci_check(paper):
+    """Which binomial CI reproduces the paper's printed accuracy CIs (to 2 decimals of %).
+
+    Returns (lines, matching): a line per printed CI, e.g. 'slide overall 985/1000: printed
+    97.75-99.25; Wald 97.75-99.25 (matches); Wilson 97.54-99.09 (differs)', and the list of
+    methods ('Wald', 'Wilson') that match every printed CI.
+    """
+    import stats
+    lines, matching = [], ["Wald", "Wilson"]
+    for (level, group), ref in sorted(paper.items()):
+        if ref.get("accuracy_pct_lower") is None or ref.get("n") is None:
+            continue
+        n = int(ref["n"])
+        k = int(round(float(ref["accuracy_pct"]) * n / 100.0))
+        printed = (round(float(ref["accuracy_pct_lower"]), 2),
+                   round(float(ref["accuracy_pct_upper"]), 2))
+        parts = []
+        for name in ("Wald", "Wilson"):
+            ci = tuple(round(100 * v, 2) for v in stats.proportion_ci(k, n, method=name.lower()))
+            if ci != printed and name in matching:
+                matching.remove(name)
+            parts.append("{} {:.2f}-{:.2f} ({})".format(
+                name, ci[0], ci[1], "matches" if ci == printed else "differs"))
+        lines.append("{} {} {}/{}: printed {:.2f}-{:.2f}; {}".format(
+            level, group, k, n, printed[0], printed[1], "; ".join(parts)))
+    return lines, (matching if lines else [])
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _f(v, fmt):
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def _p(v):
+    if math.isnan(v):
+        return ""
+    return "<0.0001" if v < 1e-4 else "{:.4f}".format(v)
+
+
+def _ci(v, lo, hi, fmt):
+    if math.isnan(v):
+        return ""
+    if math.isnan(lo):
+        return fmt.format(v)
+    return (fmt + " [" + fmt + "-" + fmt + "]").format(v, lo, hi)
+
+
+def render_markdown(rows, notes, paper, title, source):
+    checks, matching = paper_ci_check(paper)
+    head = "Reproduction of the paper's results"
+    out = ["# {}{}".format(head, " - " + title if title else ""), "",
+           "Predictions: `{}`. Paper: Modern Pathology 2021, whole-slide ResNet-50, nodal "
+           "micrometastasis in colorectal cancer.".format(source), ""]
+    for level in ("slide", "node"):
+        lr = [r for r in rows if r["level"] == level]
+        if not lr:
+            continue
+        out += ["## {} (threshold {})".format(LEVEL_NAMES[level], THRESHOLDS[level]), "",
+                "| Group | n+/n- | AUC [95% CI, DeLong] | p vs dummy | Paper AUC [95% CI] | "
+                "dAUC | Accuracy % | Wilson 95% CI | Wald 95% CI | Paper accuracy % [CI] | "
+                "dAcc (pp) | Sensitivity % |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in lr:
+            out.append("| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                GROUP_NAMES[r["group"]], r["n_pos"], r["n_neg"],
+                _ci(r["auc"], r["auc_lower"], r["auc_upper"], "{:.4f}"), _p(r["p_vs_dummy"]),
+                _ci(r["paper_auc"], r["paper_auc_lower"], r["paper_auc_upper"], "{:.4f}"),
+                _f(r["auc_diff"], "{:+.4f}"), _f(r["accuracy_pct"], "{:.2f}"),
+                _f(r["wilson_lower_pct"], "{:.2f}") + "-" + _f(r["wilson_upper_pct"], "{:.2f}"),
+                _f(r["wald_lower_pct"], "{:.2f}") + "-" + _f(r["wald_upper_pct"], "{:.2f}"),
+                _ci(r["paper_accuracy_pct"], r["paper_accuracy_pct_lower"],
+                    r["paper_accuracy_pct_upper"], "{:.2f}"),
+                _f(r["accuracy_diff_pct"], "{:+.2f}"), _f(r["sensitivity_pct"], "{:.2f}")))
+        out.append("")
+    out += ["Notes:", "",
+            "- Subgroup AUC (size, subtype) = that subgroup's positives against ALL negatives of "
+            "the same level, as in the paper; n+/n-, accuracy and sensitivity of those rows are "
+            "over the same cases.",
+            "- Chemo row = every case with preoperative chemo(radio)therapy (its own positives "
+            "and negatives); the paper reports its accuracy only.",
+            "- AUC CI: DeLong (1988) variance by Sun & Xu (2014), normal approximation clipped "
+            "to [0, 1]. p vs dummy: paired two-sided DeLong test against a model that always "
+            "outputs 0.5.",
+            "- Accuracy: positive when probability >= threshold. The paper names Wilson's "
+            "method for its accuracy CIs; the interval that reproduces its printed CIs (to 2 "
+            "decimals of %) is: {}. Both are given above.".format(" and ".join(matching) or "neither")]
+    out += ["  - " + line for line in checks]
+    out += ["- Paper: " + ref["note"] for key, ref in sorted(paper.items())
+            if ref.get("note") and key[1] == "overall" and "0.9967" in ref["note"]]
+    out += ["- " + n for n in notes]
+    out.append("")
+    return "\n".join(out)
+
+
+def render_csv(rows):
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else
+                        (repr(v) if isinstance(v, float) else v)) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _write_atomic(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
