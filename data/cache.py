@@ -1,0 +1,350 @@
+"""The prepare cache: every manifest row read once at the target mpp, stored as one image file.
+
+Layout of ``CACHE/``:
+- ``index.csv``: every manifest column (``path``/``annotation`` made absolute, ``label`` as 0/1)
+  + ``cache_file`` (relative to CACHE), ``height``, ``width`` (pixels of the cached image),
+  ``mpp`` (µm/px of the cached image = the target mpp) and ``slide_mpp`` (µm per level-0 pixel
+  that was used: the file's, or the manifest's ``mpp`` override, whose column this replaces).
+- one image per row: PNG (cv2, zlib level 1: lossless; the choice is measured in
+  docs/benchmarks.md "## prepare") or ``.npy`` (``--format npy``; large, but memory-mappable).
+
+Every file is written to a temporary name and moved into place with ``os.replace``, so a killed
+run never leaves a half-written file under a final name. ``index.csv`` is rewritten after each
+slide, which makes a rerun resume: rows whose cached file exists with the recorded size (and the
+same slide, annotation and target mpp) are skipped.
+
+Under MPI (mpirun), rank r takes the pending rows r::size, writes its own ``index.part-<r>.csv``
+after each slide, and rank 0 merges them into ``index.csv`` after a barrier.
+"""
+import glob
+import hashlib
+import os
+import re
+import struct
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+INDEX = "index.csv"
+EXTRA_COLUMNS = ("cache_file", "height", "width", "mpp", "slide_mpp")
+PNG_COMPRESSION = 1  # zlib level: 1 is ~3x smaller than raw on tissue and about as fast as 0
+_TMP = ".tmp-"
+
+
+class CacheError(ValueError):
+    """A missing or damaged cache entry or index. Message names the file."""
+
+
+class PrepareError(ValueError):
+    """The manifest failed validation; ``problems`` lists every one."""
+
+    def __init__(self, manifest, problems):
+        self.problems = list(problems)
+        super().__init__("{}: {} problem(s)".format(manifest, len(self.problems)))
+
+
+# -- files --------------------------------------------------------------------------------------
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, ".{}{}{}".format(name, _TMP, os.getpid()))
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_csv(df, path):
+    atomic_write_bytes(path, df.to_csv(index=False).encode("utf-8"))
+
+
+def cache_name(slide_id, fmt="png"):
+    """File name for a slide_id: the id itself when it is a safe name, else a sanitised id plus
+    8 hex digits of its sha1 (so distinct ids never collide)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", slide_id)
+    if safe != slide_id or safe.startswith("."):
+        safe = "{}-{}".format(safe.lstrip("."), hashlib.sha1(slide_id.encode()).hexdigest()[:8])
+    return "{}.{}".format(safe, fmt)
+
+
+def encode_image(image, fmt):
+    """RGB uint8 (H, W, 3) -> bytes of a PNG or .npy file."""
+    if fmt == "png":
+        import cv2
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]),
+                               [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+        if not ok:
+            raise CacheError("cv2 could not encode a {}x{} PNG".format(*image.shape[:2]))
+        return buf.tobytes()
+    if fmt == "npy":
+        import io
+        bio = io.BytesIO()
+        np.save(bio, np.ascontiguousarray(image))
+        return bio.getvalue()
+    raise CacheError("unknown cache format '{}' (png or npy)".format(fmt))
+
+
+def image_size(path):
+    """(height, width) of a cached file from its header alone, or None if absent/unreadable."""
+    try:
+        if path.endswith(".png"):
+            with open(path, "rb") as f:
+                head = f.read(24)
+            if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+                return None
+            w, h = struct.unpack(">II", head[16:24])
+            return (h, w)
+        if path.endswith(".npy"):
+            a = np.load(path, mmap_mode="r")
+            return tuple(a.shape[:2]) if a.ndim == 3 and a.shape[2] == 3 else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def read_image(path):
+    """RGB uint8 (H, W, 3) of one cached file."""
+    if path.endswith(".npy"):
+        try:
+            image = np.load(path)
+        except (OSError, ValueError) as e:
+            raise CacheError("{}: cannot read ({})".format(path, e))
+    else:
+        import cv2
+        if not os.path.isfile(path):
+            raise CacheError("{}: cached image not found (rerun prepare)".format(path))
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise CacheError("{}: cannot decode the cached image (rerun prepare)".format(path))
+        image = image[..., ::-1]
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise CacheError("{}: not an RGB uint8 image".format(path))
+    return np.ascontiguousarray(image)
+
+
+# -- index --------------------------------------------------------------------------------------
+def _read_index_raw(path):
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise CacheError("{}: cannot read the cache index ({})".format(path, e))
+
+
+def load_index(cache_dir, split=None):
+    """``CACHE/index.csv`` as a DataFrame: ``cache_file`` absolute, ``label``/``height``/
+    ``width`` int, ``mpp``/``slide_mpp`` float, ``chemo`` nullable Int64. ``split`` (a name or a
+    list of names) keeps only those rows."""
+    path = os.path.join(cache_dir, INDEX)
+    if not os.path.isfile(path):
+        raise CacheError("{}: no cache index (run `python -m reproduce prepare`)".format(path))
+    df = _read_index_raw(path)
+    missing = [c for c in ("slide_id", "label", "split") + EXTRA_COLUMNS if c not in df.columns]
+    if missing:
+        raise CacheError("{}: missing column(s) {}".format(path, ", ".join(missing)))
+    if split is not None:
+        wanted = [split] if isinstance(split, str) else list(split)
+        df = df[df["split"].isin(wanted)]
+    df = df.reset_index(drop=True)
+    df["cache_file"] = [os.path.abspath(os.path.join(cache_dir, f)) for f in df["cache_file"]]
+    for c in ("label", "height", "width"):
+        df[c] = df[c].astype(int)
+    for c in ("mpp", "slide_mpp"):
+        df[c] = df[c].astype(float)
+    if "chemo" in df.columns:
+        df["chemo"] = pd.to_numeric(df["chemo"], errors="coerce").astype("Int64")
+    return df
+
+
+def read_cached(cache_dir, row_or_slide_id):
+    """RGB uint8 (H, W, 3) of one cached row: an index row (Series, dict or namedtuple with
+    ``cache_file``) or a slide_id. Checks the size against the index."""
+    row = row_or_slide_id
+    if isinstance(row, str):
+        df = load_index(cache_dir)
+        hit = df[df["slide_id"] == row]
+        if hit.empty:
+            raise CacheError("{}: slide_id '{}' is not in the cache".format(
+                os.path.join(cache_dir, INDEX), row))
+        row = hit.iloc[0]
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    path = os.path.join(cache_dir, get("cache_file"))
+    image = read_image(path)
+    h, w = get("height"), get("width")
+    if h is not None and w is not None and image.shape[:2] != (int(h), int(w)):
+        raise CacheError("{}: size {}x{} but the index says {}x{} (rerun prepare)".format(
+            path, image.shape[0], image.shape[1], h, w))
+    return image
+
+
+# -- prepare ------------------------------------------------------------------------------------
+def _mpi():
+    """(comm, rank, size) when launched by mpirun, else (None, 0, 1). mpi4py is imported only
+    then, so plain runs never initialise MPI."""
+    env = os.environ
+    if not any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")):
+        return None, 0, 1
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        return None, 0, 1
+    return comm, comm.Get_rank(), comm.Get_size()
+
+
+def _entry_ok(cache_dir, old, new, target_mpp):
+    """Is the old index row a complete, matching cache of the new manifest row?"""
+    try:
+        same = (old["path"] == new["path"]
+                and old.get("annotation", "") == new.get("annotation", "")
+                and abs(float(old["mpp"]) - target_mpp) <= 1e-9 * target_mpp)
+        size = image_size(os.path.join(cache_dir, old["cache_file"]))
+        return same and size == (int(old["height"]), int(old["width"]))
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+def _merge_partials(cache_dir):
+    """Fold index.part-*.csv (from MPI ranks, maybe of a killed run) into index.csv."""
+    parts = sorted(glob.glob(os.path.join(cache_dir, "index.part-*.csv")))
+    if not parts:
+        return
+    path = os.path.join(cache_dir, INDEX)
+    frames = [_read_index_raw(path)] if os.path.isfile(path) else []
+    frames += [_read_index_raw(p) for p in parts]
+    merged = pd.concat(frames, ignore_index=True, sort=False).fillna("")
+    merged = merged.drop_duplicates("slide_id", keep="last")
+    atomic_write_csv(merged, path)
+    for p in parts:
+        os.remove(p)
+
+
+def _clean_tmp(cache_dir):
+    for p in glob.glob(os.path.join(cache_dir, ".*" + _TMP + "*")):
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+
+
+def _index_row(row, columns, cache_file, shape, target_mpp, slide_mpp):
+    out = {c: ("" if pd.isna(row[c]) else str(row[c])) for c in columns if c != "mpp"}
+    out.update(cache_file=cache_file, height=str(shape[0]), width=str(shape[1]),
+               mpp=repr(float(target_mpp)), slide_mpp=repr(float(slide_mpp)))
+    return out
+
+
+def _order(frame, manifest_ids):
+    """Rows of the manifest first, in its order, then any others (other splits, older rows)."""
+    pos = {s: i for i, s in enumerate(manifest_ids)}
+    key = [pos.get(s, len(pos)) for s in frame["slide_id"]]
+    return frame.assign(_k=key).sort_values("_k", kind="mergesort").drop(columns="_k")
+
+
+def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", progress=True,
+            log=None, max_strip_pixels=None):
+    """Read every (selected) manifest row once at ``target_mpp`` into ``cache_dir``.
+
+    Validates the whole manifest first (raises PrepareError with every problem). Returns a dict:
+    rows, cached (this run, all ranks), skipped, failed (list of one-line reasons), seconds,
+    level0_megapixels, output_megapixels, and the two throughputs in megapixels per second.
+    """
+    from data.manifest import coerce, load_manifest, validate
+    from data.nodes import AnnotationError, bounding_box, crop_polygons, load_polygons
+    from data.slide import Slide, SlideError
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    comm, rank, size = _mpi()
+    target_mpp = float(target_mpp)
+    if not target_mpp > 0:
+        raise PrepareError(manifest_path, ["--target-mpp must be > 0, got {}".format(target_mpp)])
+    df = load_manifest(manifest_path)
+    base = os.path.dirname(os.path.abspath(manifest_path))
+    problems = validate(df, base)
+    if splits:
+        bad = [s for s in splits if s not in ("train", "val", "test")]
+        problems += ["--split '{}' is not train/val/test".format(s) for s in bad]
+    if problems:
+        raise PrepareError(manifest_path, problems)
+    rows = coerce(df, base)
+    if splits:
+        rows = rows[rows["split"].isin(splits)].reset_index(drop=True)
+    columns = list(df.columns)
+
+    os.makedirs(cache_dir, exist_ok=True)
+    if rank == 0:
+        _clean_tmp(cache_dir)
+        _merge_partials(cache_dir)
+    if comm is not None:
+        comm.Barrier()
+    index_path = os.path.join(cache_dir, INDEX)
+    old = _read_index_raw(index_path) if os.path.isfile(index_path) else None
+    old_rows = {} if old is None else {r["slide_id"]: r for r in old.to_dict("records")}
+    done, pending = [], []
+    for _, r in rows.iterrows():
+        o = old_rows.get(r["slide_id"])
+        (done if o is not None and _entry_ok(cache_dir, o, r, target_mpp) else pending).append(r)
+    redo = {r["slide_id"] for r in pending}
+    # Index rows kept as they are: valid ones of this manifest and those of other rows.
+    kept = [] if old is None else [o for s, o in old_rows.items() if s not in redo]
+    mine = pending[rank::size]
+
+    kw = {} if max_strip_pixels is None else dict(max_strip_pixels=max_strip_pixels)
+    from tqdm import tqdm
+    new, failed = [], []
+    mp0 = mp_out = 0.0
+    t0 = time.time()
+    bar = tqdm(mine, unit="slide", disable=not progress or rank != 0, file=sys.stderr,
+               desc="prepare" + (" (rank 0 of {})".format(size) if size > 1 else ""))
+    for r in bar:
+        sid = r["slide_id"]
+        mpp = None if "mpp" not in rows.columns or pd.isna(r["mpp"]) else float(r["mpp"])
+        annotation = r["annotation"] if "annotation" in rows.columns else ""
+        try:
+            with Slide(r["path"], mpp=mpp) as s:
+                slide_mpp = s.mpp[0]
+                if annotation:
+                    polygons = load_polygons(annotation)
+                    box = bounding_box(polygons)
+                    area0 = box[2] * box[3]
+                    image = crop_polygons(s, polygons, target_mpp, **kw)
+                else:
+                    area0 = s.dimensions[0] * s.dimensions[1]
+                    image = s.read(target_mpp, **kw)
+        except (SlideError, AnnotationError) as e:
+            failed.append("{}: {}".format(sid, e))
+            continue
+        name = cache_name(sid, fmt)
+        atomic_write_bytes(os.path.join(cache_dir, name), encode_image(image, fmt))
+        new.append(_index_row(r, columns, name, image.shape, target_mpp, slide_mpp))
+        mp0 += area0 / 1e6
+        mp_out += image.shape[0] * image.shape[1] / 1e6
+        bar.set_postfix(MPps="{:.1f}".format(mp0 / max(1e-9, time.time() - t0)))
+        if size == 1:
+            frame = pd.DataFrame(kept + new).fillna("")
+            atomic_write_csv(_order(frame, list(rows["slide_id"])), index_path)
+        else:
+            atomic_write_csv(pd.DataFrame(new).fillna(""),
+                             os.path.join(cache_dir, "index.part-{}.csv".format(rank)))
+    bar.close()
+    seconds = time.time() - t0
+    counts = [(len(new), mp0, mp_out, seconds, failed)]
+    if comm is not None:
+        comm.Barrier()
+        counts = comm.gather(counts[0], root=0)
+        if rank == 0:
+            _merge_partials(cache_dir)
+            frame = _read_index_raw(index_path) if os.path.isfile(index_path) else None
+            if frame is not None:
+                atomic_write_csv(_order(frame, list(rows["slide_id"])), index_path)
+        counts = comm.bcast(counts, root=0)
+    seconds = max(c[3] for c in counts)
+    summary = dict(rows=len(rows), cached=sum(c[0] for c in counts), skipped=len(done),
+                   failed=[f for c in counts for f in c[4]], ranks=size, rank=rank,
+                   per_rank=[c[0] for c in counts], seconds=seconds,
+                   level0_megapixels=sum(c[1] for c in counts),
+                   output_megapixels=sum(c[2] for c in counts))
+    summary["level0_megapixels_per_s"] = summary["level0_megapixels"] / max(seconds, 1e-9)
+    summary["output_megapixels_per_s"] = summary["output_megapixels"] / max(seconds, 1e-9)
+    return summary

