@@ -1,0 +1,601 @@
+"""A SYNTHETIC cohort of lymph-node whole-slide images: the embedded default of the package.
+
+Nothing here is the paper's data. Every slide id starts with ``SYNTH-``, the slides say
+``Synthetic = true`` in their description, and the cohort folder holds a README.txt saying so.
+
+Each slide is an openslide-readable pyramidal Aperio-style TIFF (tiled pages written by
+tifffile with ``metadata=None``, ImageDescription ``Aperio Image Library ...|AppMag = ..|MPP = ..``,
+one page per level, downsample 4 per level). It shows lymph-node-like tissue on white glass:
+
+* one main node (3-3.9 mm long) and 0-2 small satellite nodes (0.8-1.5 mm), each ovoid with
+  a fibrous capsule, a lymphocyte-dense cortex with follicles (dark mantle, pale germinal
+  centre), a paler medulla with a sinus network, and perinodal fat around it;
+* on positive slides one tumour focus, its size (largest diameter, the maximum Feret diameter of
+  its polygon) drawn from its category (AJCC/UICC): macro > 2 mm, micro 0.2-2 mm
+  (default lower bound 0.3 mm so that it spans several pixels at ~8 um/px), ITC < 0.2 mm;
+  its texture by subtype: ``classical`` (eosinophilic glands with lumina and dirty necrosis),
+  ``mucinous`` (pale blue-grey mucin pools with floating cell clusters), ``signet_poorly``
+  (diffuse single cells with clear cytoplasm in pale stroma); a desmoplastic rim around it.
+
+Colours follow Beer-Lambert: RGB = 255 * 10^-(h * H + e * E) with hematoxylin and eosin
+optical-density vectors H, E and per-pixel stain amounts h, e (Ruifrok & Johnston 2001); each
+slide gets its own stain strength (+-15 %) so that colour alone does not mark a batch.
+Tumour is pinker (more eosin, less hematoxylin) than lymphocytes at any resolution.
+
+Outputs in the cohort folder (see :func:`make_cohort`): ``slides/*.tiff``, ``manifest.csv``,
+``foci/<slide_id>.geojson`` (tumour polygons, level-0 pixels), ``nodes/<id>.geojson``
+(QuPath-style node annotations for node-level rows), ``README.txt``, ``cohort.json``.
+"""
+import json
+import multiprocessing
+import os
+import tempfile
+
+import cv2
+import numpy as np
+import pandas as pd
+
+SIZE_CATEGORIES = ("macro", "micro", "itc")
+SUBTYPES = ("classical", "mucinous", "signet_poorly")
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ("slide_id", "path", "label", "split", "size_category", "subtype", "chemo",
+                    "level", "annotation", "mpp", "foci")
+
+# Optical densities (log10) per unit stain: hematoxylin and eosin, rows sum-normalised loosely
+# after Ruifrok & Johnston (2001), softened so that unit amounts give plausible colours.
+_H = np.array([0.55, 0.70, 0.33], np.float32)
+_E = np.array([0.15, 0.85, 0.35], np.float32)
+_TILE = 256
+
+
+# --------------------------------------------------------------------------- geometry
+
+def _blob(rng, n, amplitude, harmonics=(2, 3, 4, 5)):
+    """A closed star-shaped unit outline, (n, 2), radius 1 modulated by low harmonics."""
+    theta = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
+    r = np.ones(n)
+    for k in harmonics:
+        r += rng.uniform(0, amplitude) / k * 2 * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    return np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
+
+
+def _rotate(points, angle):
+    c, s = np.cos(angle), np.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def max_diameter(points):
+    """Largest distance between two vertices (maximum Feret diameter), same units as points."""
+    p = np.asarray(points, np.float64)
+    d = p[:, None, :] - p[None, :, :]
+    return float(np.sqrt((d ** 2).sum(-1).max()))
+
+
+def _inside(polygon, points, margin=0.0):
+    """True when every point lies inside `polygon` at least `margin` from its edge."""
+    contour = polygon.astype(np.float32).reshape(-1, 1, 2)
+    return all(cv2.pointPolygonTest(contour, (float(x), float(y)), True) >= margin
+               for x, y in points)
+
+
+def _node_polygon(rng, centre_um, a_um, b_um, angle):
+    """Outline of an ovoid node in um: semi-axes a, b, rotated, gently irregular."""
+    unit = _blob(rng, 96, 0.05) * np.array([a_um, b_um])
+    return _rotate(unit, angle) + centre_um
+
+
+def _layout_nodes(rng, width_um, height_um):
+    """One main node plus 0-2 satellites; independent of the label (no shortcut to learn)."""
+    margin = 150.0
+    a = rng.uniform(1500, 1950)
+    a = min(a, 0.44 * width_um)
+    b = min(rng.uniform(1350, 1750), a, 0.44 * height_um)
+    angle = rng.uniform(-0.35, 0.35)
+    extent_x = abs(a * np.cos(angle)) + abs(b * np.sin(angle)) + margin
+    extent_y = abs(a * np.sin(angle)) + abs(b * np.cos(angle)) + margin
+    cx = rng.uniform(extent_x, max(extent_x, width_um - extent_x))
+    cy = rng.uniform(extent_y, max(extent_y, height_um - extent_y))
+    nodes = [dict(centre=np.array([cx, cy]), a=a, b=b, angle=angle,
+                  polygon=_node_polygon(rng, np.array([cx, cy]), a, b, angle))]
+    for _ in range(int(rng.choice([0, 1, 2], p=[0.35, 0.4, 0.25]))):
+        for _try in range(60):
+            sa = rng.uniform(400, 750)
+            sb = rng.uniform(0.7, 1.0) * sa
+            sangle = rng.uniform(0, np.pi)
+            c = np.array([rng.uniform(sa + margin, width_um - sa - margin),
+                          rng.uniform(sa + margin, height_um - sa - margin)])
+            poly = _node_polygon(rng, c, sa, sb, sangle)
+            grown = [(n["polygon"] - n["centre"]) * 1.12 + n["centre"] for n in nodes]
+            if all(not _inside(g, poly[::4]) and not _inside(poly * 1.0, g[::4])
+                   and _separated(g, poly) for g in grown):
+                nodes.append(dict(centre=c, a=sa, b=sb, angle=sangle, polygon=poly))
+                break
+    return nodes
+
+
+def _separated(p, q):
+    """No vertex of either polygon inside the other (enough for these convex-ish outlines)."""
+    cp, cq = p.astype(np.float32).reshape(-1, 1, 2), q.astype(np.float32).reshape(-1, 1, 2)
+    return (all(cv2.pointPolygonTest(cp, (float(x), float(y)), False) < 0 for x, y in q)
+            and all(cv2.pointPolygonTest(cq, (float(x), float(y)), False) < 0 for x, y in p))
+
+
+def size_range_um(category, micro_min_mm=0.3, node_minor_um=None):
+    """(low, high) of the focus' largest diameter in um for a size category.
+
+    AJCC/UICC: ITC <= 0.2 mm, micro > 0.2 and <= 2 mm, macro > 2 mm. Bounds are kept inside
+    the category with a margin, and a macro focus must fit its node.
+    """
+    if category == "macro":
+        high = 2650.0 if node_minor_um is None else min(2650.0, 2 * node_minor_um * 0.85)
+        return 2080.0, max(2100.0, high)
+    if category == "micro":
+        return max(210.0, 1000.0 * micro_min_mm), 1900.0
+    if category == "itc":
+        return 60.0, 180.0
+    raise ValueError("unknown size category {!r}".format(category))
+
+
+def _place_focus(rng, node, diameter_um):
+    """A tumour outline (um) of the given largest diameter inside the node, or None."""
+    for _try in range(300):
+        shape = _blob(rng, 64, 0.35) * np.array([1.0, rng.uniform(0.65, 1.0)])
+        shape = _rotate(shape, rng.uniform(0, np.pi))
+        shape *= diameter_um / max_diameter(shape)
+        # centre drawn within the node's ellipse, shrunk so that big foci can still fit
+        room = max(0.0, 1.0 - 0.5 * diameter_um / node["b"])
+        r, t = np.sqrt(rng.uniform(0, 1)) * room, rng.uniform(0, 2 * np.pi)
+        offset = _rotate(np.array([[node["a"] * r * np.cos(t), node["b"] * r * np.sin(t)]]),
+                         node["angle"])[0]
+        focus = shape + node["centre"] + offset
+        if _inside(node["polygon"], focus, margin=40.0):
+            return focus
+    return None
+
+
+# --------------------------------------------------------------------------- texture
+
+def _noise(rng, shape, cell_px, stretch=1.0):
+    """Smooth noise in about [0, 1]: a coarse random grid, bicubically resized."""
+    gh = max(2, int(shape[0] / cell_px) + 2)
+    gw = max(2, int(shape[1] / (cell_px * stretch)) + 2)
+    grid = rng.random((gh, gw), dtype=np.float32)
+    return cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def _lines(noise, width):
+    """A network of thin lines where the smooth noise crosses 0.5 (sinuses, fat membranes)."""
+    lines = np.abs(noise - np.float32(0.5))
+    lines *= np.float32(-1.0 / width)
+    lines += np.float32(1.0)
+    return np.maximum(lines, 0, out=lines)
+
+
+def _fill(shape, polygon_px):
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(polygon_px * 16).astype(np.int32).reshape(-1, 1, 2)], 1,
+                 lineType=cv2.LINE_8, shift=4)
+    return mask
+
+
+def _disk_kernel(radius_px):
+    r = max(1, int(round(radius_px)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _render(rng, nodes, foci, shape, mpp):
+    """Stain amounts h, e (float32, level-0 grid) for the whole slide; returns RGB uint8."""
+    um = 1.0 / mpp  # pixels per micrometre
+    hgt, wid = shape
+    h = np.full(shape, 0.0, np.float32)
+    e = np.full(shape, 0.012, np.float32)
+    grain = rng.random(shape, dtype=np.float32) - 0.5
+    tissue = np.zeros(shape, np.uint8)
+    for n in nodes:
+        tissue |= _fill(shape, n["polygon"] * um)
+
+    # perinodal fat: a membrane network within ~250 um of the capsule
+    outside = cv2.distanceTransform(1 - tissue, cv2.DIST_L2, 3) / um
+    fat = (outside > 0) & (outside < rng.uniform(180, 320))
+    membranes = _lines(_noise(rng, shape, 70 * um), 0.045)
+    e[fat] += 0.42 * membranes[fat] + 0.02
+    h[fat] += 0.05 * membranes[fat]
+
+    depth = cv2.distanceTransform(tissue, cv2.DIST_L2, 3) / um   # um from the capsule
+    texture = _noise(rng, shape, 120 * um)
+    sinus = _lines(_noise(rng, shape, 90 * um, stretch=2.0), 0.07)
+    for n in nodes:
+        cx, cy = n["centre"] * um
+        x0, y0 = np.floor(n["polygon"].min(0) * um).astype(int)
+        x1, y1 = np.ceil(n["polygon"].max(0) * um).astype(int) + 1
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(wid, x1), min(hgt, y1)
+        ys, xs = np.ogrid[y0:y1, x0:x1]
+        dx, dy = xs.astype(np.float32) - cx, ys.astype(np.float32) - cy
+        c, s = np.float32(np.cos(n["angle"])), np.float32(np.sin(n["angle"]))
+        rr = np.sqrt(((c * dx + s * dy) / np.float32(n["a"] * um)) ** 2
+                     + ((c * dy - s * dx) / np.float32(n["b"] * um)) ** 2)
+        win = (slice(y0, y1), slice(x0, x1))
+        inside = tissue[win] > 0
+        d = depth[win]
+        hw, ew = h[win], e[win]
+        # cortex: dense lymphocytes; medulla: paler cords with a sinus network
+        medulla = np.clip((0.6 - rr) / 0.25, 0, 1)
+        lymph_h = 0.50 + 0.12 * texture[win] + 0.30 * grain[win] - 0.28 * medulla * sinus[win]
+        lymph_e = 0.18 + 0.05 * texture[win] + 0.10 * medulla * sinus[win]
+        # follicles in the outer cortex: a dark mantle, a pale germinal centre
+        for _ in range(max(2, int(rng.poisson(2 * np.pi * n["a"] / 700.0)))):
+            t, rf = rng.uniform(0, 2 * np.pi), rng.uniform(0.68, 0.84)
+            radius = rng.uniform(120, 240) * min(1.0, n["b"] / 900.0) * um
+            p = _rotate(np.array([[n["a"] * rf * np.cos(t), n["b"] * rf * np.sin(t)]]),
+                        n["angle"])[0] * um + [cx - x0, cy - y0]
+            fx0, fy0 = max(0, int(p[0] - radius) - 1), max(0, int(p[1] - radius) - 1)
+            fx1, fy1 = int(p[0] + radius) + 2, int(p[1] + radius) + 2
+            fy, fx = np.ogrid[fy0:fy1, fx0:fx1]
+            dist = np.hypot((fx - p[0]).astype(np.float32), (fy - p[1]).astype(np.float32))
+            dist /= np.float32(radius)
+            centre = np.clip((0.7 - dist) / 0.15, 0, 1)
+            mantle = np.clip((1.0 - dist) / 0.15, 0, 1) * (1 - centre)
+            fh, fe = lymph_h[fy0:fy1, fx0:fx1], lymph_e[fy0:fy1, fx0:fx1]
+            fh += (0.16 * mantle - 0.18 * centre)[:fh.shape[0], :fh.shape[1]]
+            fe -= (0.03 * centre)[:fe.shape[0], :fe.shape[1]]
+        capsule = np.clip((45.0 - d) / 15.0, 0, 1)
+        streak = _lines(_noise(rng, d.shape, 40 * um, stretch=0.3), 0.2)
+        hw[inside] = ((1 - capsule) * lymph_h + capsule * (0.10 + 0.05 * streak))[inside]
+        ew[inside] = ((1 - capsule) * lymph_e + capsule * (0.55 + 0.15 * streak))[inside]
+
+    for focus in foci:
+        _render_focus(rng, h, e, grain, tissue, focus, um)
+
+    strength_h, strength_e = rng.uniform(0.85, 1.15, size=2)
+    od = (np.maximum(h, 0) * strength_h)[..., None] * _H + \
+         (np.maximum(e, 0) * strength_e)[..., None] * _E
+    od *= np.float32(-np.log(10.0))
+    rgb = np.exp(od, out=od)
+    rgb *= np.float32(255.0)
+    return rgb.astype(np.uint8)    # od >= 0, so 0 < rgb <= 255
+
+
+def _render_focus(rng, h, e, grain, tissue, focus, um):
+    """Draws one tumour focus into the stain maps, in its bounding box (plus a margin)."""
+    poly = focus["polygon_um"] * um
+    pad = int(60 * um) + 2
+    x0, y0 = np.maximum(np.floor(poly.min(0)).astype(int) - pad, 0)
+    x1, y1 = np.ceil(poly.max(0)).astype(int) + pad
+    x1, y1 = min(h.shape[1], x1), min(h.shape[0], y1)
+    win = (slice(y0, y1), slice(x0, x1))
+    shape = (y1 - y0, x1 - x0)
+    local = poly - [x0, y0]
+    mask = _fill(shape, local) > 0
+    inside_node = tissue[win] > 0
+    hw, ew, g = h[win], e[win], grain[win]
+
+    # desmoplastic rim: pink fibrous stroma around the tumour
+    rim = cv2.dilate(mask.astype(np.uint8), _disk_kernel(rng.uniform(20, 40) * um)) > 0
+    rim &= ~mask & inside_node
+    hw[rim] = 0.14 + 0.08 * g[rim]
+    ew[rim] = 0.55 + 0.10 * g[rim]
+
+    subtype = focus["subtype"]
+    area_um2 = mask.sum() / um ** 2
+    layer = np.zeros(shape, np.uint8)     # 1 = lumen / vacuole / pool, 2 = dark nuclei ring
+    if focus["size_category"] == "itc" or subtype == "classical":
+        base_h, base_e = (0.40, 0.62) if subtype == "classical" else (0.45, 0.60)
+        hw[mask] = base_h + 0.35 * g[mask]
+        ew[mask] = base_e + 0.10 * g[mask]
+        n = int(area_um2 / 110.0 ** 2) if focus["size_category"] != "itc" else 0
+        debris = np.zeros(shape, np.uint8)
+        for _ in range(n):
+            cx, cy = rng.uniform(0, shape[1]), rng.uniform(0, shape[0])
+            r = rng.uniform(18, 45) * um
+            cv2.circle(layer, (int(cx), int(cy)), int(r + 12 * um), 2, -1)
+            cv2.circle(layer, (int(cx), int(cy)), max(1, int(r)), 1, -1)
+            if rng.random() < 0.3:   # "dirty" necrosis in the lumen
+                cv2.circle(debris, (int(cx), int(cy)), max(1, int(0.6 * r)), 1, -1)
+        ring, lumen = (layer == 2) & mask, (layer == 1) & mask
+        hw[ring] += 0.30
+        hw[lumen], ew[lumen] = 0.04, 0.10
+        dirty = lumen & (debris > 0)
+        hw[dirty], ew[dirty] = 0.22 + 0.3 * g[dirty], 0.45
+    elif subtype == "mucinous":
+        hw[mask] = 0.17 + 0.04 * g[mask]
+        ew[mask] = 0.05 + 0.03 * g[mask]
+        septa = _lines(_noise(rng, shape, 150 * um), 0.03) > 0.5
+        for _ in range(int(area_um2 / 85.0 ** 2)):
+            cx, cy = rng.uniform(0, shape[1]), rng.uniform(0, shape[0])
+            axes = (max(1, int(rng.uniform(8, 28) * um)), max(1, int(rng.uniform(6, 20) * um)))
+            cv2.ellipse(layer, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 2, -1)
+        cells = (layer == 2) & mask
+        hw[cells], ew[cells] = 0.55 + 0.3 * g[cells], 0.55
+        sep = septa & mask & ~cells
+        hw[sep], ew[sep] = 0.10, 0.45
+    elif subtype == "signet_poorly":
+        hw[mask] = 0.20 + 0.10 * g[mask]
+        ew[mask] = 0.42 + 0.08 * g[mask]
+        nuclei = np.zeros(shape, np.uint8)
+        for _ in range(int(area_um2 / 24.0 ** 2)):
+            cx, cy = rng.uniform(0, shape[1]), rng.uniform(0, shape[0])
+            r = max(1, int(rng.uniform(6, 9) * um))
+            cv2.circle(layer, (int(cx), int(cy)), r, 1, -1)
+            a = rng.uniform(0, 2 * np.pi)
+            cv2.circle(nuclei, (int(cx + 0.8 * r * np.cos(a)), int(cy + 0.8 * r * np.sin(a))),
+                       max(1, r // 2), 1, -1)
+        vac = (layer == 1) & mask
+        hw[vac], ew[vac] = 0.10, 0.12
+        nuc = (nuclei > 0) & mask
+        hw[nuc], ew[nuc] = 0.85, 0.25
+    else:
+        raise ValueError("unknown subtype {!r}".format(subtype))
+
+
+# --------------------------------------------------------------------------- files
+
+def aperio_description(width, height, mpp, level_of=None):
+    """ImageDescription that OpenSlide parses as Aperio: first line, then |key = value pairs."""
+    head = "Aperio Image Library SYNTHETIC (wsi-micromet-repro data.synth)\r\n"
+    size = "{}x{} [0,0 {}x{}] ({}x{})".format(width, height, width, height, _TILE, _TILE)
+    if level_of is not None:
+        size = "{}x{} -> {}x{}".format(level_of[0], level_of[1], width, height)
+    magnification = 10.0 / mpp    # 40x at 0.25 um/px
+    return "{}{} |AppMag = {:g}|MPP = {:g}|Synthetic = true".format(head, size, magnification, mpp)
+
+
+def pyramid(rgb, factor=4, min_size=64):
+    """Level 0 and its downsamples by `factor` (area averaging) while at least min_size px."""
+    levels = [rgb]
+    while min(levels[-1].shape[:2]) // factor >= min_size:
+        prev = levels[-1]
+        size = (prev.shape[1] // factor, prev.shape[0] // factor)
+        levels.append(cv2.resize(prev, size, interpolation=cv2.INTER_AREA))
+    return levels
+
+
+def write_aperio_tiff(path, rgb, mpp, compression="jpeg", quality=90):
+    """Writes an openslide-readable Aperio-style pyramidal TIFF atomically (temp + rename)."""
+    import tifffile
+    codec = ("jpeg", quality) if compression == "jpeg" else compression
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tiff", dir=folder)
+    os.close(fd)
+    try:
+        levels = pyramid(rgb)
+        h0, w0 = rgb.shape[:2]
+        with tifffile.TiffWriter(tmp, bigtiff=rgb.nbytes > 2 ** 31) as tw:
+            for i, level in enumerate(levels):
+                desc = aperio_description(level.shape[1], level.shape[0], mpp,
+                                          None if i == 0 else (w0, h0))
+                tw.write(level, tile=(_TILE, _TILE), photometric="rgb", compression=codec,
+                         description=desc, metadata=None)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_json(path, obj):
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _feature(polygon_px, properties):
+    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in polygon_px]
+    ring.append(ring[0])
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": dict(objectType="annotation", **properties)}
+
+
+# --------------------------------------------------------------------------- cohort
+
+def plan_cohort(slides, seed, split_fractions=(0.6, 0.2, 0.2), size_mix=(0.5, 0.4, 0.1),
+                subtype_mix=(0.6, 0.2, 0.2), chemo_fraction=0.15):
+    """Labels, splits, size categories, subtypes and chemo of every slide (seeded).
+
+    Each split gets round(n * fraction) slides (the rest to train), half of them positive
+    (the odd one negative). Size categories (macro, micro, itc by `size_mix`) and subtypes
+    (`subtype_mix`) are counted over all positives with largest-remainder rounding, then dealt
+    evenly over the splits (so each split holds about the same mix), then shuffled in each split.
+    """
+    rng = np.random.default_rng([seed, 0])
+    counts = [int(round(slides * f)) for f in split_fractions[1:]]
+    counts.insert(0, slides - sum(counts))
+    positives = dict(zip(SPLITS, [n // 2 for n in counts]))
+    sizes = _split_allocate(positives, size_mix, SIZE_CATEGORIES)
+    subtypes = _split_allocate(positives, subtype_mix, SUBTYPES)
+    plan = []
+    for split, n in zip(SPLITS, counts):
+        rng.shuffle(sizes[split])
+        rng.shuffle(subtypes[split])
+        rows = [dict(label=1, split=split, size_category=a, subtype=b)
+                for a, b in zip(sizes[split], subtypes[split])]
+        rows += [dict(label=0, split=split, size_category="negative", subtype="")
+                 for _ in range(n - len(rows))]
+        rng.shuffle(rows)
+        plan.extend(rows)
+    for i, row in enumerate(plan):
+        row["slide_id"] = "SYNTH-{:04d}".format(i + 1)
+        row["chemo"] = int(rng.random() < chemo_fraction)
+        row["index"] = i
+    return plan
+
+
+def _split_allocate(per_split, fractions, names):
+    """{split: [name, ...]}: each split's share of `fractions`, rounded so that the totals are
+    the cohort's largest-remainder counts; leftover units go to the largest remainders, the
+    test split first on ties (a rare category in a small cohort goes where it is evaluated)."""
+    share = np.asarray(fractions, float) / np.sum(fractions)
+    total = sum(per_split.values())
+    raw_total = share * total
+    quota = np.floor(raw_total).astype(int)
+    for i in np.argsort(-(raw_total - quota), kind="stable")[:total - quota.sum()]:
+        quota[i] += 1
+    priority = {split: k for k, split in enumerate(reversed(SPLITS))}
+    counts, candidates = {}, []
+    for split, p in per_split.items():
+        raw = share * p
+        counts[split] = np.floor(raw).astype(int)
+        candidates += [(-(raw[i] - counts[split][i]), priority[split], i, split)
+                       for i in range(len(names))]
+    left = quota - sum(counts.values())
+    for _, _, i, split in sorted(candidates):
+        if counts[split].sum() < per_split[split] and left[i] > 0:
+            counts[split][i] += 1
+            left[i] -= 1
+    for split, p in per_split.items():   # any split still short takes what is left
+        while counts[split].sum() < p:
+            i = int(np.argmax(left)) if left.max() > 0 else int(np.argmax(share))
+            counts[split][i] += 1
+            left[i] -= 1
+    return {split: [name for name, c in zip(names, counts[split]) for _ in range(c)]
+            for split in per_split}
+
+
+def make_slide(row, seed, mpp=2.0, width_mm=5.5, height_mm=4.5, micro_min_mm=0.3):
+    """Renders one slide of the plan: (rgb uint8 level 0, nodes, foci); geometry in um."""
+    rng = np.random.default_rng([seed, 1, row["index"]])
+    width_um, height_um = 1000.0 * width_mm, 1000.0 * height_mm
+    shape = (int(round(height_um / mpp)), int(round(width_um / mpp)))
+    nodes = _layout_nodes(rng, width_um, height_um)
+    foci = []
+    if row["label"] == 1:
+        category = row["size_category"]
+        # macro needs the main node; smaller foci go into any node that holds them
+        k = 0 if category == "macro" else int(rng.integers(len(nodes)))
+        for attempt in range(20):
+            low, high = size_range_um(category, micro_min_mm, nodes[k]["b"])
+            diameter = rng.uniform(low, high)
+            polygon = _place_focus(rng, nodes[k], diameter)
+            if polygon is not None:
+                break
+            k = 0
+        if polygon is None:
+            raise RuntimeError("could not place a {} focus in {}".format(category, row["slide_id"]))
+        foci.append(dict(polygon_um=polygon, node=k, size_category=category,
+                         subtype=row["subtype"], max_diameter_um=max_diameter(polygon)))
+    rgb = _render(rng, nodes, foci, shape, mpp)
+    return rgb, nodes, foci
+
+
+def _build_one(job):
+    row, seed, out_dir, options = job
+    mpp = options["mpp"]
+    rgb, nodes, foci = make_slide(row, seed, mpp, options["width_mm"], options["height_mm"],
+                                  options["micro_min_mm"])
+    write_aperio_tiff(os.path.join(out_dir, "slides", row["slide_id"] + ".tiff"), rgb, mpp,
+                      options["compression"])
+    if foci:
+        _write_json(os.path.join(out_dir, "foci", row["slide_id"] + ".geojson"), {
+            "type": "FeatureCollection", "features": [
+                _feature(f["polygon_um"] / mpp, dict(
+                    classification={"name": "Tumor"}, synthetic=True,
+                    size_category=f["size_category"], subtype=f["subtype"], node=f["node"],
+                    max_diameter_um=round(f["max_diameter_um"], 1))) for f in foci]})
+    node_rows = []
+    if row["with_nodes"]:
+        for k, n in enumerate(nodes):
+            node_id = "{}-node{}".format(row["slide_id"], k + 1)
+            # what a pathologist would draw: a loose outline just outside the capsule
+            outline = (n["polygon"] - n["centre"]) * 1.06 + n["centre"]
+            _write_json(os.path.join(out_dir, "nodes", node_id + ".geojson"), {
+                "type": "FeatureCollection", "features": [_feature(outline / mpp, dict(
+                    classification={"name": "Lymph node"}, synthetic=True, node=k + 1))]})
+            mine = [f for f in foci if f["node"] == k]
+            node_rows.append(dict(
+                slide_id=node_id, path=row["path"], label=int(bool(mine)), split=row["split"],
+                size_category=mine[0]["size_category"] if mine else "negative",
+                subtype=mine[0]["subtype"] if mine else "", chemo=row["chemo"], level="node",
+                annotation="nodes/{}.geojson".format(node_id), mpp=mpp,
+                foci=row["foci"] if mine else ""))
+    return row["index"], node_rows
+
+
+def make_cohort(out_dir, slides, seed, mpp=2.0, node_fraction=0.5, width_mm=5.5, height_mm=4.5,
+                micro_min_mm=0.3, split_fractions=(0.6, 0.2, 0.2), size_mix=(0.5, 0.4, 0.1),
+                subtype_mix=(0.6, 0.2, 0.2), chemo_fraction=0.15, compression="jpeg",
+                workers=None, progress=True):
+    """Writes a synthetic cohort into `out_dir`; returns its manifest (also manifest.csv).
+
+    slides: number of slides; seed: everything is a function of it. mpp: level-0 um/px of the
+    written slides (coarse by default so that a demo cohort takes about a minute: 2.0 um/px
+    and 5.5 x 4.5 mm give 2750 x 2250 px, 688 x 563 px at 8 um/px). node_fraction: the share
+    of test slides whose nodes also get node-level rows (``level=node``, a GeoJSON outline in
+    ``annotation``). Columns: see MANIFEST_COLUMNS; ``foci`` is the tumour GeoJSON of a
+    positive row (level-0 pixels). Paths are relative to `out_dir`.
+    """
+    if slides < 2:
+        raise ValueError("slides must be at least 2, got {}".format(slides))
+    for sub in ("slides", "foci", "nodes"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    plan = plan_cohort(slides, seed, split_fractions, size_mix, subtype_mix, chemo_fraction)
+    node_rng = np.random.default_rng([seed, 2])
+    for row in plan:
+        row.update(path="slides/{}.tiff".format(row["slide_id"]), level="slide", annotation="",
+                   mpp=mpp, foci="foci/{}.geojson".format(row["slide_id"]) if row["label"] else "")
+        row["with_nodes"] = bool(row["split"] == "test" and node_rng.random() < node_fraction)
+    options = dict(mpp=mpp, width_mm=width_mm, height_mm=height_mm, micro_min_mm=micro_min_mm,
+                   compression=compression)
+    jobs = [(row, seed, out_dir, options) for row in plan]
+    workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    node_rows = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(jobs), desc="synth slides", unit="slide")
+    if workers == 1:
+        results = map(_build_one, jobs)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        results = pool.imap_unordered(_build_one, jobs)
+    try:
+        for index, rows in results:
+            node_rows[index] = rows
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    records = []
+    for row in plan:
+        records.append({c: row[c] for c in MANIFEST_COLUMNS})
+        records.extend(node_rows[row["index"]])
+    manifest = pd.DataFrame.from_records(records, columns=list(MANIFEST_COLUMNS))
+    path = os.path.join(out_dir, "manifest.csv")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=out_dir)
+    os.close(fd)
+    manifest.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    parameters = dict(synthetic=True, slides=slides, seed=seed, mpp=mpp,
+                      node_fraction=node_fraction, width_mm=width_mm, height_mm=height_mm,
+                      micro_min_mm=micro_min_mm, split_fractions=list(split_fractions),
+                      size_mix=list(size_mix), subtype_mix=list(subtype_mix),
+                      chemo_fraction=chemo_fraction, compression=compression)
+    _write_json(os.path.join(out_dir, "cohort.json"), parameters)
+    with open(os.path.join(out_dir, "README.txt"), "w") as f:
+        f.write(_README.format(**parameters, rows=len(manifest)))
+    return manifest
+
+
+_README = """SYNTHETIC COHORT - NOT PATIENT DATA, NOT THE PAPER'S DATA
+
+Written by `python -m reproduce synth` (data/synth.py) of the reproduction package for
+"Identification of nodal micrometastasis in colorectal cancer using deep learning on
+annotation-free whole-slide images" (Modern Pathology, 2021). Every image here is drawn by a
+program: lymph-node-like tissue and, on positive slides, one tumour focus of a chosen size.
+Results on it test the software; they say nothing about the method's accuracy on real slides.
+
+slides: {slides}, seed: {seed}, level-0 mpp: {mpp} um/px, slide {width_mm} x {height_mm} mm,
+micro lower bound {micro_min_mm} mm, node-level rows for {node_fraction} of the test slides;
+manifest.csv: {rows} rows (slide and node level).
+
+slides/*.tiff        Aperio-style pyramidal TIFF (openslide-readable, MPP in the description)
+manifest.csv         slide_id, path, label, split, size_category, subtype, chemo, level,
+                     annotation, mpp, foci
+foci/*.geojson       tumour polygons of positive slides, level-0 pixel coordinates
+nodes/*.geojson      QuPath-style outline of one node per node-level row, level-0 pixels
+cohort.json          the generator's parameters
+"""
