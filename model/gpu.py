@@ -1,0 +1,91 @@
+"""TensorFlow's process configuration: threads per rank, and the GPU memory strategy.
+
+The `unified` strategy is the original method's (aetherAI/whole-slide-cnn): the GPU allocator
+is given a memory fraction above 1,
+
+    per_process_gpu_memory_fraction = host RAM / GPU RAM,
+
+and TensorFlow then allocates CUDA unified (managed) memory, which the driver pages between
+GPU and host. A whole 21,500^2 slide fits on one GPU at the price of host RAM (256-512 GB).
+
+Under eager execution the config must be given before the first op runs, so the CLI calls
+``configure(config)`` at start, before ``tf.compat.v1.enable_v2_behavior()``.
+"""
+import os
+import shutil
+import subprocess
+
+
+def unified_memory_fraction(host_ram_bytes, gpu_ram_bytes):
+    """host RAM / GPU RAM: above 1 means oversubscription into host memory."""
+    if host_ram_bytes <= 0 or gpu_ram_bytes <= 0:
+        raise ValueError("RAM sizes must be positive (host {}, GPU {})".format(
+            host_ram_bytes, gpu_ram_bytes))
+    return float(host_ram_bytes) / float(gpu_ram_bytes)
+
+
+def session_config(host_ram_bytes=None, gpu_ram_bytes=None, local_rank=0, threads=None,
+                   unified=True, gpu=True):
+    """A ``tf.compat.v1.ConfigProto`` for one rank.
+
+    - GPU: only the GPU ``local_rank`` is visible (one GPU per rank, as in Horovod's examples);
+      memory grows on demand (allow_growth); with ``unified`` and both RAM sizes known, the
+      allocator fraction is host/GPU RAM and ``use_unified_memory`` is set.
+    - CPU: ``threads`` intra-op threads and one inter-op thread (ranks share the cores).
+    ``gpu=False`` (no GPU on the machine) leaves the GPU options alone: TF aborts when asked
+    for a visible GPU that does not exist.
+    """
+    import tensorflow as tf
+
+    config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+    if gpu:
+        options = config.gpu_options
+        options.visible_device_list = str(local_rank)
+        options.allow_growth = True
+        if unified and host_ram_bytes and gpu_ram_bytes:
+            fraction = unified_memory_fraction(host_ram_bytes, gpu_ram_bytes)
+            options.per_process_gpu_memory_fraction = fraction
+            options.experimental.use_unified_memory = fraction > 1.0
+    if threads:
+        config.intra_op_parallelism_threads = int(threads)
+        config.inter_op_parallelism_threads = 1
+    return config
+
+
+def host_ram_bytes():
+    import psutil
+    return psutil.virtual_memory().total
+
+
+def gpu_ram_bytes(local_rank=0):
+    """Total memory of GPU ``local_rank`` from nvidia-smi, or None without a GPU."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
+             "-i", str(local_rank)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            timeout=30, check=True).stdout.decode()
+        return int(float(out.strip().splitlines()[0])) * 1024 * 1024   # MiB
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return None
+
+
+def gpu_available():
+    """True when nvidia-smi sees a GPU and CUDA_VISIBLE_DEVICES does not hide them all."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return gpu_ram_bytes(0) is not None
+
+
+def threads_per_rank(local_size=1):
+    """OMP_NUM_THREADS when set, else the cores shared out among the ranks of this node."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, (os.cpu_count() or 1) // max(1, local_size))
+
+
+def configure(config):
+    """Makes ``config`` the eager context's configuration; call before any TF op runs."""
+    import tensorflow as tf
+    tf.compat.v1.enable_eager_execution(config=config)

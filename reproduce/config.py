@@ -1,0 +1,186 @@
+"""The run configuration: a small YAML file with four sections, checked whole before any work.
+
+    data:  manifest, cache, target_mpp, canvas, translate_px
+    model: weights
+    train: strategy, tile, memory_gb, batch_size, learning_rate, reduced_learning_rate,
+           iterations_per_epoch, patience, max_epochs, augment, seed, checkpoint_every, threads
+    out:   the run directory (checkpoints, logs)
+
+Sizes are in pixels at ``data.target_mpp`` micrometres per pixel. Relative paths are taken
+from the current directory (run from the repository root). Every problem is a one-line
+``UserError`` naming the file and the key: an unknown key, a missing file, a wrong type or an
+impossible value (a canvas that is not positive, a batch that the ranks cannot share, ...).
+"""
+import math
+import os
+
+from reproduce.errors import UserError
+
+REQUIRED = object()
+
+
+def _positive_int(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _positive_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+# section -> key -> (default, check(value) -> error text or None). REQUIRED marks no default.
+def _check(pred, text):
+    return lambda v: None if pred(v) else text
+
+
+_INT = _check(_positive_int, "must be a positive integer")
+_NUMBER = _check(_positive_number, "must be a positive number")
+_STRING = _check(lambda v: isinstance(v, str) and v != "", "must be a non-empty string")
+_BOOL = _check(lambda v: isinstance(v, bool), "must be true or false")
+_OPTIONAL_INT = _check(lambda v: v is None or _positive_int(v), "must be a positive integer or null")
+_OPTIONAL_NUMBER = _check(lambda v: v is None or _positive_number(v),
+                          "must be a positive number or null")
+STRATEGIES = ("direct", "streaming", "unified", "auto")
+
+SCHEMA = {
+    "data": {
+        "manifest": (None, _check(lambda v: v is None or (isinstance(v, str) and v),
+                                  "must be a path or null")),
+        "cache": (REQUIRED, _STRING),
+        "target_mpp": (REQUIRED, _NUMBER),       # µm per pixel of the training images
+        "canvas": (REQUIRED, _check(lambda v: _positive_int(v) and v >= 32,
+                                    "must be a positive integer of at least 32 (pixels)")),
+        "translate_px": (0, _check(lambda v: isinstance(v, int) and not isinstance(v, bool)
+                                   and v >= 0, "must be an integer >= 0 (pixels)")),
+    },
+    "model": {
+        "weights": ("none", _STRING),           # imagenet | none | path of a local .h5
+    },
+    "train": {
+        "strategy": ("auto", _check(lambda v: v in STRATEGIES,
+                                    "must be one of " + ", ".join(STRATEGIES))),
+        "tile": (1024, _check(lambda v: _positive_int(v) and v % 32 == 0,
+                              "must be a positive multiple of 32 (pixels)")),
+        "memory_gb": (None, _OPTIONAL_NUMBER),
+        "batch_size": (8, _INT),
+        "learning_rate": (1e-5, _NUMBER),
+        "reduced_learning_rate": (1e-6, _NUMBER),
+        "iterations_per_epoch": (88, _INT),
+        "patience": (24, _INT),
+        "max_epochs": (None, _OPTIONAL_INT),
+        "augment": (True, _BOOL),
+        "seed": (0, _check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                           "must be an integer >= 0")),
+        "checkpoint_every": (10, _INT),         # iterations between mid-epoch checkpoints
+        "threads": (None, _OPTIONAL_INT),       # TF threads per rank; null: OMP_NUM_THREADS or cores/ranks
+    },
+}
+TOP_LEVEL = ("data", "model", "train", "out")
+
+
+class Config(dict):
+    """The checked configuration: ``cfg["train"]["batch_size"]``; ``cfg.path`` is its file."""
+    path = None
+
+
+def _err(path, key, text):
+    return UserError("{}: {}: {}".format(path, key, text))
+
+
+def load_config(path, overrides=None, world_size=None):
+    """Reads and checks the YAML file at ``path``.
+
+    ``overrides``: {"data.manifest": value, "out": value, ...} applied before checking (the
+    command line's --manifest/--out). ``world_size``: the number of ranks, checked against
+    train.batch_size (the batch is one slide per rank per micro-step, accumulated
+    batch_size / world_size times, so it must divide).
+    """
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError("{}: config file not found".format(path))
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise UserError("{}: not valid YAML{}".format(
+            path, "" if line is None else " (line {})".format(line + 1)))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError("{}: must be a mapping of sections {}".format(path, ", ".join(TOP_LEVEL)))
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise _err(path, key, "unknown key (sections: {})".format(", ".join(TOP_LEVEL)))
+
+    cfg = Config()
+    cfg.path = path
+    for section, keys in SCHEMA.items():
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            raise _err(path, section, "must be a mapping")
+        for key in given:
+            if key not in keys:
+                raise _err(path, "{}.{}".format(section, key), "unknown key")
+        cfg[section] = {k: given.get(k, default) for k, (default, _) in keys.items()}
+    cfg["out"] = raw.get("out")
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if dotted == "out":
+            cfg["out"] = value
+        else:
+            section, key = dotted.split(".")
+            cfg[section][key] = value
+
+    for section, keys in SCHEMA.items():
+        for key, (default, check) in keys.items():
+            value = cfg[section][key]
+            name = "{}.{}".format(section, key)
+            if value is REQUIRED:
+                raise _err(path, name, "missing (required)")
+            # YAML reads 1e-5 as a string; accept it as the number it plainly is.
+            if check is _NUMBER or check is _OPTIONAL_NUMBER:
+                if isinstance(value, str):
+                    try:
+                        value = cfg[section][key] = float(value)
+                    except ValueError:
+                        pass
+            problem = check(value)
+            if problem:
+                raise _err(path, name, "{} (got {!r})".format(problem, value))
+    if not isinstance(cfg["out"], str) or not cfg["out"]:
+        raise _err(path, "out", "missing: the run directory (or pass --out)")
+
+    _check_relations(cfg, path, world_size)
+    return cfg
+
+
+def _check_relations(cfg, path, world_size):
+    d, t = cfg["data"], cfg["train"]
+    manifest = d["manifest"]
+    if manifest is not None and not os.path.isfile(manifest):
+        raise _err(path, "data.manifest", "file not found: {}".format(manifest))
+    if d["translate_px"] * 2 >= d["canvas"]:
+        raise _err(path, "data.translate_px", "{} px is too large for a {} px canvas".format(
+            d["translate_px"], d["canvas"]))
+    if t["reduced_learning_rate"] > t["learning_rate"]:
+        raise _err(path, "train.reduced_learning_rate", "{} is above learning_rate {}".format(
+            t["reduced_learning_rate"], t["learning_rate"]))
+    weights = cfg["model"]["weights"]
+    if weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(weights)):
+        raise _err(path, "model.weights",
+                   "'{}' is neither imagenet, none nor an existing .h5 file".format(weights))
+    if world_size is not None:
+        check_world_size(cfg, world_size)
+
+
+def check_world_size(cfg, world_size):
+    """The effective batch is ``batch_size`` slides: world_size ranks x accumulation steps."""
+    b = cfg["train"]["batch_size"]
+    if b % world_size:
+        raise _err(cfg.path, "train.batch_size",
+                   "{} slides cannot be shared by {} ranks (it must be a multiple of the "
+                   "number of ranks)".format(b, world_size))
+    return b // world_size

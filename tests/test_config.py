@@ -1,0 +1,91 @@
+"""reproduce.config: every shipped config loads; bad ones fail with one line naming the key."""
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from reproduce.config import load_config
+from reproduce.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write(tmp_path, data, name="c.yaml"):
+    path = str(tmp_path / name)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    return path
+
+
+def _good():
+    return {"data": {"cache": "cache", "target_mpp": 8.0, "canvas": 512},
+            "model": {"weights": "none"},
+            "train": {"batch_size": 4, "learning_rate": 1e-4},
+            "out": "runs/x"}
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "demo.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(os.path.join(ROOT, "configs", name), world_size=2)
+    assert cfg["train"]["batch_size"] % 2 == 0
+    assert cfg["data"]["canvas"] > 0
+
+
+def test_paper_values():
+    cfg = load_config(os.path.join(ROOT, "configs", "paper.yaml"), world_size=8)
+    d, t = cfg["data"], cfg["train"]
+    assert d["canvas"] == 21500
+    assert 2.2 <= d["target_mpp"] <= 2.3
+    assert (t["learning_rate"], t["reduced_learning_rate"]) == (1e-5, 1e-6)
+    assert (t["batch_size"], t["iterations_per_epoch"], t["patience"]) == (8, 88, 24)
+    assert cfg["model"]["weights"] == "imagenet" and t["strategy"] == "auto"
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(_write(tmp_path, _good()), overrides={"out": "elsewhere"})
+    assert cfg["out"] == "elsewhere"
+    assert cfg["train"]["patience"] == 24 and cfg["train"]["strategy"] == "auto"
+    assert isinstance(cfg["train"]["learning_rate"], float)
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["train"].update(bogus=1), "train.bogus"),
+    (lambda c: c.update(extra={}), "extra"),
+    (lambda c: c["data"].update(canvas=0), "data.canvas"),
+    (lambda c: c["data"].update(canvas=-512), "data.canvas"),
+    (lambda c: c["data"].pop("cache"), "data.cache"),
+    (lambda c: c["data"].update(manifest="does/not/exist.csv"), "data.manifest"),
+    (lambda c: c["model"].update(weights="missing.h5"), "model.weights"),
+    (lambda c: c["train"].update(batch_size=3), "train.batch_size"),
+    (lambda c: c["train"].update(tile=100), "train.tile"),
+    (lambda c: c["train"].update(learning_rate="fast"), "train.learning_rate"),
+    (lambda c: c["train"].update(reduced_learning_rate=1.0), "train.reduced_learning_rate"),
+    (lambda c: c["train"].update(augment="yes"), "train.augment"),
+    (lambda c: c.pop("out"), "out"),
+])
+def test_bad_configs_name_the_key(tmp_path, mutate, key):
+    data = _good()
+    mutate(data)
+    with pytest.raises(UserError) as e:
+        load_config(_write(tmp_path, data), world_size=2)
+    message = str(e.value)
+    assert key in message and "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_cli_bad_config_is_one_line_before_any_work(tmp_path):
+    data = _good()
+    data["data"]["canvas"] = 0
+    path = _write(tmp_path, data)
+    p = subprocess.run([sys.executable, "-m", "reproduce", "train", "--config", path],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "data.canvas" in p.stderr
+    assert "Traceback" not in p.stderr

@@ -1,0 +1,137 @@
+"""model/: the frozen-BN ResNet-50, the direct strategy, strategy choice, GPU config, checkpoints."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+tf.compat.v1.enable_v2_behavior()
+
+from model import checkpoint, gpu  # noqa: E402
+from model.direct import Direct  # noqa: E402
+from model.resnet import build_model  # noqa: E402
+from model.strategy import make_strategy, resolve  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    tf.compat.v1.set_random_seed(1)
+    return build_model("none")
+
+
+def _image(seed, h=64, w=64):
+    return np.random.RandomState(seed).randint(0, 256, (h, w, 3)).astype(np.uint8)
+
+
+def _bn_variables(model):
+    return [v for v in model.variables
+            if any(k in v.name for k in ("gamma", "beta", "moving_mean", "moving_variance"))]
+
+
+def test_batchnorm_frozen_and_not_trainable(model):
+    names = [v.name for v in model.trainable_variables]
+    assert not any("_bn/" in n for n in names)
+    # ResNet-50: 53 convolutions (kernel + bias) and the dense head (kernel + bias).
+    assert len(names) == 53 * 2 + 2
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) < \
+        sum(int(np.prod(v.shape)) for v in model.variables)
+
+
+def test_training_step_leaves_batchnorm_unchanged(model):
+    bn = _bn_variables(model)
+    assert len(bn) == 53 * 4
+    before = [v.numpy().copy() for v in bn]
+    trainable_before = model.trainable_variables[0].numpy().copy()
+    strategy = Direct(model)
+    loss, probability, grads = strategy.gradients(_image(0), 1.0)
+    optimizer = tf.keras.optimizers.Adam(1e-3)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, bn))
+    assert not np.array_equal(trainable_before, model.trainable_variables[0].numpy())
+
+
+def test_direct_loss_probability_and_cam(model):
+    strategy = Direct(model)
+    image = _image(1, 96, 160)          # not square: any H x W
+    loss, probability, grads = strategy.gradients(image, 0.0)
+    out = strategy.predict(image, cam=True)
+    p = out["probability"]
+    # BCE of a negative slide is -log(1 - sigmoid(z)) = softplus(z); predict and gradients agree.
+    z = out["logit"]
+    assert abs(float(probability) - p) < 1e-5
+    assert abs(float(loss) - (max(z, 0.0) + np.log1p(np.exp(-abs(z))))) < 1e-4 * max(1.0, abs(z))
+    assert len(grads) == len(model.trainable_variables)
+    assert all(g.shape == v.shape for g, v in zip(grads, model.trainable_variables))
+    assert out["cam"].shape == (3, 5)
+    # The CAM's mean is the logit (GAP and the dense layer are linear).
+    assert abs(out["cam"].mean() - out["logit"]) < 1e-4 * max(1.0, abs(out["logit"]))
+    assert strategy.predict(image)["cam"] is None
+
+
+def test_gradients_match_finite_difference_on_head(model):
+    strategy = Direct(model)
+    image, label = _image(2), 1.0
+    _, _, grads = strategy.gradients(image, label)
+    bias = model.head.bias
+    g = float(grads[-1].numpy()[0])
+    assert model.trainable_variables[-1] is bias or model.trainable_variables[-1].name == bias.name
+    eps = 1e-2
+    original = bias.numpy().copy()
+    losses = []
+    for d in (eps, -eps):
+        bias.assign(original + d)
+        losses.append(float(strategy.gradients(image, label)[0]))
+    bias.assign(original)
+    assert abs((losses[0] - losses[1]) / (2 * eps) - g) < 1e-3
+
+
+def test_strategy_choice(model):
+    assert resolve("auto", gpu_available=False) == "streaming"
+    assert resolve("auto", gpu_available=True) == "unified"
+    assert make_strategy("direct", model).name == "direct"
+    assert make_strategy("unified", model).name == "unified"
+    with pytest.raises(ValueError):
+        make_strategy("bogus", model)
+
+
+def test_streaming_plugs_in(model):
+    streaming = make_strategy("streaming", model, tile=64)
+    assert type(streaming).__name__ == "Streaming"
+    image = _image(5, 96, 128)
+    assert streaming.predict(image)["logit"] == pytest.approx(
+        Direct(model).predict(image)["logit"], rel=1e-4, abs=1e-4)
+
+
+def test_unified_gpu_config():
+    gib = 1024 ** 3
+    config = gpu.session_config(host_ram_bytes=512 * gib, gpu_ram_bytes=32 * gib, local_rank=3,
+                                threads=2)
+    g = config.gpu_options
+    assert g.per_process_gpu_memory_fraction == pytest.approx(16.0)
+    assert g.experimental.use_unified_memory
+    assert g.allow_growth and g.visible_device_list == "3"
+    assert config.intra_op_parallelism_threads == 2 and config.inter_op_parallelism_threads == 1
+    assert config.allow_soft_placement
+    # Not unified, or unknown GPU memory: the default allocator.
+    plain = gpu.session_config(512 * gib, 32 * gib, 0, unified=False).gpu_options
+    assert plain.per_process_gpu_memory_fraction == 0 and not plain.experimental.use_unified_memory
+    with pytest.raises(ValueError):
+        gpu.unified_memory_fraction(0, 32 * gib)
+
+
+def test_checkpoint_roundtrip(model, tmp_path):
+    path = str(tmp_path / "x.ckpt")
+    optimizer = tf.keras.optimizers.Adam(1e-4)
+    _, _, grads = Direct(model).gradients(_image(3), 1.0)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    checkpoint.save(path, model, {"epoch": 3}, optimizer)
+    saved = [v.numpy().copy() for v in model.variables + optimizer.variables()]
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".tmp")]
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))   # move away
+    state = checkpoint.restore(path, model, optimizer)
+    assert state == {"epoch": 3}
+    restored = [v.numpy() for v in model.variables + optimizer.variables()]
+    assert all(np.array_equal(a, b) for a, b in zip(saved, restored))
+    fresh = checkpoint.load_for_inference(path)
+    assert all(np.array_equal(a, v.numpy())
+               for a, v in zip(saved[:len(model.variables)], fresh.variables))
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load_for_inference(str(tmp_path / "missing.ckpt"))
