@@ -1,0 +1,163 @@
+"""`python -m reproduce bench`: time and peak memory of one whole-slide training step.
+
+    python -m reproduce bench --size N --mode direct|streaming [--tile T] [--steps K] [--predict]
+    python -m reproduce bench --delong N
+
+One JSON line: size, height, width, mode, seconds_per_step, peak_rss_gb, tile, margin, tiles,
+computed_pixel_ratio (pixels the windows compute / image pixels), megapixels_per_second,
+seconds_per_megapixel, steps, loadavg (the machine's 1-minute load when the step started).
+
+A step is what training does per slide: ``strategy.gradients(image, label)`` then Adam
+(lr 1e-5) applying the gradients (``--predict``: ``strategy.predict(image, cam=True)`` instead).
+The measurement runs in a fresh child Python (this command re-executes itself), and the parent
+reads the child's peak resident set size from ``getrusage(RUSAGE_CHILDREN).ru_maxrss``, so each
+figure holds only that step: the TF runtime, the model, Adam's slots, the uint8 image and the
+step. Tracing happens first on a small image; ``seconds_per_step`` is the mean of the ``--steps``
+timed steps. The image is a synthetic tissue patch repeated to size (the time does not depend on
+content).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+
+from reproduce.errors import UserError
+
+
+def add_arguments(parser):
+    parser.add_argument("--size", type=int, help="square image side in px (the model's input)")
+    parser.add_argument("--height", type=int, help="image height in px (overrides --size)")
+    parser.add_argument("--width", type=int, help="image width in px (overrides --size)")
+    parser.add_argument("--mode", choices=("direct", "streaming"), default="streaming")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="streaming tile interior in px (multiple of 32)")
+    parser.add_argument("--memory-gb", type=float, default=None,
+                        help="streaming: choose the tile for this memory budget")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps (after tracing)")
+    parser.add_argument("--predict", action="store_true",
+                        help="time prediction with CAM (forward only) instead of a training step")
+    parser.add_argument("--delong", type=int, default=None, metavar="N",
+                        help="instead: time stats.auc_ci (DeLong) on N scores")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+    parser.add_argument("--progress", action="store_true", help="tqdm bar over streaming tiles")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+
+
+def _write(path, text):
+    """Atomic: a temp file in the same folder, then os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.chmod(tmp, 0o644)   # mkstemp makes it private; a result file is for everyone
+    os.replace(tmp, path)
+
+
+def _emit(result, out):
+    line = json.dumps(result, sort_keys=True)
+    print(line)
+    sys.stdout.flush()
+    if out:
+        _write(out, line)
+
+
+def _image(height, width):
+    import numpy as np
+    from reproduce.selfcheck import synthetic_tissue
+    patch = synthetic_tissue(512, 512, seed=0)
+    reps = (-(-height // 512), -(-width // 512), 1)
+    return np.ascontiguousarray(np.tile(patch, reps)[:height, :width])
+
+
+def measure(height, width, mode, tile=None, memory_gb=None, steps=1, predict=False,
+            progress=False):
+    """Runs in this process; returns the result dict without peak_rss_gb."""
+    import time
+    import numpy as np
+    import tensorflow as tf
+    tf.compat.v1.enable_v2_behavior()
+    from model.resnet import build_model
+    model = build_model("none")
+    result = dict(height=height, width=width, mode=mode, predict=predict, steps=steps)
+    if mode == "streaming":
+        from model.streaming import Streaming
+        strategy = Streaming(model, tile=tile, memory_gb=memory_gb, progress=progress)
+        result.update(tile=strategy.tile, margin=strategy.margin,
+                      tiles=len(strategy.tiles(height, width)),
+                      computed_pixel_ratio=round(strategy.computed_pixel_ratio(height, width), 4))
+        warm = (strategy.margin + 64, strategy.margin + 64)
+    else:
+        from model.direct import Direct
+        strategy = Direct(model)
+        result.update(tile=None, margin=None, tiles=1, computed_pixel_ratio=1.0)
+        warm = (64, 64)
+    optimizer = tf.keras.optimizers.Adam(1e-5)
+
+    def step(image):
+        if predict:
+            strategy.predict(image, cam=True)
+            return
+        _, _, grads = strategy.gradients(image, 1.0)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    step(_image(*warm))          # traces the graphs and creates Adam's slots
+    image = _image(height, width)
+    result["loadavg"] = round(os.getloadavg()[0], 2)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step(image)
+        times.append(time.perf_counter() - start)
+    seconds = float(np.mean(times))
+    megapixels = height * width / 1e6
+    result.update(seconds_per_step=round(seconds, 3), step_seconds=[round(t, 3) for t in times],
+                  megapixels_per_second=round(megapixels / seconds, 5),
+                  seconds_per_megapixel=round(seconds / megapixels, 4))
+    return result
+
+
+def run(args):
+    if args.delong is not None:
+        if args.delong < 4:
+            raise UserError("--delong needs N >= 4, got {}".format(args.delong))
+        from stats.delong import benchmark
+        _emit(dict(benchmark(args.delong), mode="delong"), args.out)
+        return 0
+    height = args.height or args.size
+    width = args.width or args.size
+    if not height or not width or height < 1 or width < 1:
+        raise UserError("give --size N (or --height and --width), positive pixels")
+    if args.tile is not None and (args.tile < 32 or args.tile % 32):
+        raise UserError("--tile must be a positive multiple of 32 px, got {}".format(args.tile))
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    if args.mode == "streaming" and args.memory_gb is not None and args.tile is None:
+        from model.streaming import tile_for_memory
+        try:
+            tile_for_memory(args.memory_gb)
+        except ValueError as e:
+            raise UserError("--memory-gb: {}".format(e))
+    if args.child:
+        result = measure(height, width, args.mode, args.tile, args.memory_gb, args.steps,
+                         args.predict, args.progress)
+        print(json.dumps(result))
+        return 0
+    # The measurement in a fresh Python: its ru_maxrss is that step's peak alone.
+    argv = [sys.executable, "-m", "reproduce"] + sys.argv[sys.argv.index("bench"):] + ["--child"]
+    argv = [a for i, a in enumerate(argv) if not (a == "--out" or (i and argv[i - 1] == "--out"))]
+    child = subprocess.run(argv, stdout=subprocess.PIPE, universal_newlines=True)
+    if child.returncode != 0:
+        print("error: the benchmark child exited with status {}".format(child.returncode),
+              file=sys.stderr)
+        return child.returncode or 1
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    # Linux reports ru_maxrss in KiB
+    result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                                  * 1024 / 1e9, 3)
+    result["size"] = height if height == width else "{}x{}".format(height, width)
+    _emit(result, args.out)
+    return 0
