@@ -1,0 +1,314 @@
+"""Class activation maps (CAM, Zhou et al. 2016), as the paper uses them, and their export.
+
+The paper's CAM: the head (the dense layer after global average pooling) applied at every
+position of the last convolutional feature map F, i.e. for grid cell (i, j)
+
+    cam_logit[i, j] = sum_k w_k F[i, j, k] + b          (pre-sigmoid, stride-32 grid)
+
+so that mean(cam_logit) == the slide's logit (GAP and the dense layer are both linear). The
+map shown is sigmoid(cam_logit), upsampled to the image with bicubic interpolation
+(OpenCV's INTER_CUBIC, a = -0.75).
+
+Geometry (all sizes in pixels; "image" = the prepared image at the config's target mpp):
+
+* grid cell (i, j) covers canvas pixels [32 i, 32 i + 32) x [32 j, 32 j + 32) (output stride 32),
+  so its centre lies at canvas pixel index 32 i + 15.5;
+* the canvas is the image centre-padded with white (or centre-cropped):
+  canvas pixel = image pixel + offset, offset = ``canvas_offset(...)``;
+* image pixel p (centre at physical (p + 0.5) * target_mpp um from the image origin) lies at
+  level-0 pixel index (p + 0.5) * target_mpp / level0_mpp - 0.5 + origin, where origin is (0, 0)
+  for a whole slide and the level-0 top-left of the node's bounding box for a node crop.
+
+Exports per slide: a PNG overlay on a thumbnail, the high-CAM regions as a QuPath-compatible
+GeoJSON FeatureCollection in level-0 pixel coordinates, and optionally the map as a TIFF.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+
+OUTPUT_STRIDE = 32  # the ResNet-50 backbone's output stride (model.resnet.OUTPUT_STRIDE)
+CLASSIFICATION = "Tumor (CAM)"
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), elementwise, computed stably in float64 then returned as float32."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out.astype(np.float32)
+
+
+def canvas_offset(height, width, canvas):
+    """(top, left): where image pixel (0, 0) lands on the square canvas, in canvas pixels.
+
+    Centre-padding puts the image at ((canvas - h) // 2, (canvas - w) // 2); centre-cropping
+    (image larger than the canvas) keeps image rows from (h - canvas) // 2, i.e. a negative
+    offset of -((h - canvas) // 2). Both cases are one formula per axis.
+    """
+    def one(size):
+        return (canvas - size) // 2 if size <= canvas else -((size - canvas) // 2)
+    return one(int(height)), one(int(width))
+
+
+def image_to_canvas(points_yx, offset):
+    """Image pixel indices (y, x) -> canvas pixel indices: add the centre-padding offset."""
+    return np.asarray(points_yx, dtype=np.float64) + np.asarray(offset, dtype=np.float64)
+
+
+def canvas_to_grid(points_yx):
+    """Canvas pixel indices -> CAM grid coordinates (cell centres at integers): (p + 0.5)/32 - 0.5."""
+    return (np.asarray(points_yx, dtype=np.float64) + 0.5) / OUTPUT_STRIDE - 0.5
+
+
+def image_to_level0(points_xy, target_mpp, level0_mpp, origin_xy=(0.0, 0.0)):
+    """Image pixel indices (x, y) at target_mpp -> level-0 slide pixel indices (x, y).
+
+    Pixel centres are matched physically: p0 = (p + 0.5) * target_mpp / level0_mpp - 0.5 + origin.
+    """
+    scale = float(target_mpp) / float(level0_mpp)
+    pts = np.asarray(points_xy, dtype=np.float64)
+    return (pts + 0.5) * scale - 0.5 + np.asarray(origin_xy, dtype=np.float64)
+
+
+def level0_to_image(points_xy, target_mpp, level0_mpp, origin_xy=(0.0, 0.0)):
+    """Inverse of ``image_to_level0``."""
+    scale = float(target_mpp) / float(level0_mpp)
+    pts = np.asarray(points_xy, dtype=np.float64) - np.asarray(origin_xy, dtype=np.float64)
+    return (pts + 0.5) / scale - 0.5
+
+
+def _cubic_weights(coords, n, a=-0.75):
+    """(len(coords), n) matrix of bicubic (Keys, a = -0.75, as OpenCV) interpolation weights.
+
+    Row r interpolates grid position ``coords[r]`` (cell centres at integers) from the four
+    nearest cells; indices beyond the grid are clamped to its edge (replicated border).
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    base = np.floor(coords)
+    t = coords - base
+    weights = np.zeros((len(coords), n), dtype=np.float64)
+    rows = np.arange(len(coords))
+    for tap in (-1, 0, 1, 2):
+        x = np.abs(t - tap)
+        k = np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                     np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+        idx = np.clip(base.astype(np.int64) + tap, 0, n - 1)
+        np.add.at(weights, (rows, idx), k)
+    return weights
+
+
+def upsample(cam_prob, image_shape, offset, downsample=1):
+    """Bicubic upsampling of a grid map to the image (not the canvas), float32 (h, w).
+
+    ``cam_prob``: the map on the stride-32 grid (any values; the paper's is sigmoid(cam_logit)).
+    ``image_shape``: (height, width) of the prepared image in pixels at target mpp.
+    ``offset``: ``canvas_offset(...)`` of that image on the model's canvas.
+    ``downsample``: output pixel u covers image pixels [u d, u d + d); 1 = full image size.
+
+    Output pixel u samples grid coordinate g = (c + 0.5) / 32 - 0.5 at canvas pixel
+    c = (u + 0.5) d - 0.5 + offset. Bicubic is separable, so the result is Wy @ grid @ Wx^T with
+    the (Keys, a = -0.75) weight matrices: with d = 1 and no offset this is exactly OpenCV's
+    ``cv2.resize(grid, (32 w, 32 h), interpolation=cv2.INTER_CUBIC)``, without ever building
+    the whole canvas-sized map. Results are clipped to the grid's range (bicubic overshoots).
+    """
+    grid = np.asarray(cam_prob, dtype=np.float64)
+    d = float(downsample)
+    h = max(1, int(np.ceil(image_shape[0] / d)))
+    w = max(1, int(np.ceil(image_shape[1] / d)))
+    oy, ox = offset
+    gy = canvas_to_grid((np.arange(h) + 0.5) * d - 0.5 + oy)
+    gx = canvas_to_grid((np.arange(w) + 0.5) * d - 0.5 + ox)
+    out = _cubic_weights(gy, grid.shape[0]) @ grid @ _cubic_weights(gx, grid.shape[1]).T
+    return np.clip(out, grid.min(), grid.max()).astype(np.float32)
+
+
+def cam_map(cam_logit, image_shape, canvas, downsample=1):
+    """The paper's displayed CAM: sigmoid(cam_logit) upsampled bicubically onto the image."""
+    offset = canvas_offset(image_shape[0], image_shape[1], canvas)
+    return upsample(sigmoid(cam_logit), image_shape, offset, downsample)
+
+
+# --------------------------------------------------------------------------- GeoJSON regions
+
+def regions(cam_image, threshold=0.5, downsample=1, target_mpp=1.0, level0_mpp=1.0,
+            origin_xy=(0.0, 0.0), min_area_px=0):
+    """High-CAM regions as QuPath annotation features in level-0 pixel coordinates.
+
+    ``cam_image``: the upsampled map (``cam_map``), whose pixel u covers image pixels
+    [u d, u d + d). Pixels >= ``threshold`` form regions (8-connected components); each
+    becomes one Polygon (outer ring + holes, from cv2.findContours) with properties
+    classification ``Tumor (CAM)``, ``cam_max`` and ``cam_mean`` over the region and its area.
+    """
+    import cv2
+    mask = (np.asarray(cam_image) >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    features = []
+    for k in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        if area < min_area_px:
+            continue
+        sub = (labels[y:y + h, x:x + w] == k).astype(np.uint8)
+        values = np.asarray(cam_image)[y:y + h, x:x + w][sub > 0]
+        # Pad by one so that contours touching the crop's edge stay closed and correct.
+        found = cv2.findContours(np.pad(sub, 1), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        contours, hierarchy = found[-2], found[-1]
+        rings = []
+        for idx, contour in enumerate(contours):
+            pts = contour[:, 0, :].astype(np.float64) - 1.0 + np.array([x, y])
+            is_hole = hierarchy is not None and hierarchy[0][idx][3] >= 0
+            if len(pts) < 3:
+                if is_hole:
+                    continue
+                # A one- or two-pixel region: use its pixel bounding box (corners).
+                x0, y0 = pts.min(axis=0) - 0.5
+                x1, y1 = pts.max(axis=0) + 0.5
+                pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+            image_pts = (pts + 0.5) * downsample - 0.5
+            ring = image_to_level0(image_pts, target_mpp, level0_mpp, origin_xy)
+            ring = [[round(float(a), 2), round(float(b), 2)] for a, b in ring]
+            ring.append(ring[0])
+            if is_hole:
+                rings.append(ring)
+            else:
+                rings.insert(0, ring)
+        if not rings:
+            continue
+        area_um2 = area * (downsample * target_mpp) ** 2
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": rings},
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": CLASSIFICATION, "color": [255, 0, 0]},
+                "isLocked": False,
+                "cam_max": round(float(values.max()), 6),
+                "cam_mean": round(float(values.mean()), 6),
+                "area_um2": round(float(area_um2), 1),
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+# --------------------------------------------------------------------------- writers
+
+def _atomic(path, write):
+    """Writes through a temporary file in the same folder, then os.replace (atomic)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_geojson(collection, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(collection, f)
+    return _atomic(path, write)
+
+
+def thumbnail(image, max_side=1024):
+    """The image shrunk (INTER_AREA) so that its longer side is at most ``max_side`` pixels."""
+    import cv2
+    h, w = image.shape[:2]
+    factor = min(1.0, float(max_side) / max(h, w))
+    if factor >= 1.0:
+        return image
+    return cv2.resize(image, (max(1, int(round(w * factor))), max(1, int(round(h * factor)))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def write_overlay(image, cam_image, path, title, low=0.5, max_side=1024):
+    """PNG: the CAM in heat colours over a thumbnail; values <= ``low`` transparent; colour bar.
+
+    Opacity rises linearly from 0 at ``low`` to 0.7 at 1, so the tissue stays visible.
+    """
+    import cv2
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    thumb = thumbnail(np.asarray(image), max_side)
+    th, tw = thumb.shape[:2]
+    heat = cv2.resize(np.asarray(cam_image, dtype=np.float32), (tw, th),
+                      interpolation=cv2.INTER_LINEAR)
+    cmap = plt.get_cmap("jet")
+    rgba = cmap(np.clip(heat, 0.0, 1.0))
+    rgba[..., 3] = 0.7 * np.clip((heat - low) / max(1e-6, 1.0 - low), 0.0, 1.0)
+    fig_w = 6.0
+    fig_h = max(2.5, fig_w * th / float(tw) * 0.9)
+    fig, ax = plt.subplots(figsize=(fig_w + 1.2, fig_h), dpi=150)
+    ax.imshow(thumb)
+    ax.imshow(rgba)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=cmap)
+    mappable.set_array([])
+    bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("CAM (sigmoid)", fontsize=8)
+
+    def write(tmp):
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    try:
+        _atomic(path, write)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_tiff(cam_image, path, target_mpp, level0_mpp, downsample=1, origin_xy=(0.0, 0.0)):
+    """The upsampled map as a float32 TIFF at target_mpp * downsample, with resolution tags
+    (pixels per centimetre) and a JSON description of how to reach level-0 coordinates."""
+    import tifffile
+    mpp = float(target_mpp) * downsample
+    note = {
+        "content": "sigmoid CAM (synthetic or real cohort), float32 in [0, 1]",
+        "mpp": mpp,
+        "level0_mpp": float(level0_mpp),
+        "level0_per_pixel": mpp / float(level0_mpp),
+        "level0_origin_xy": [float(origin_xy[0]), float(origin_xy[1])],
+        "mapping": "level0 = (p + 0.5) * level0_per_pixel - 0.5 + origin",
+    }
+    per_cm = 1e4 / mpp
+
+    def write(tmp):
+        tifffile.imwrite(tmp, np.asarray(cam_image, dtype=np.float32), metadata=None,
+                         description=json.dumps(note), resolution=(per_cm, per_cm, "CENTIMETER"))
+    return _atomic(path, write)
+
+
+def export(slide_id, image, cam_logit, canvas, probability, out_dir, target_mpp, level0_mpp,
+           origin_xy=(0.0, 0.0), threshold=0.5, downsample=1, tiff=False, label=None):
+    """All CAM outputs of one slide under ``out_dir``; returns {kind: path} and region count.
+
+    ``image``: the prepared image (h, w, 3) at target_mpp, the one that was put on the canvas.
+    ``cam_logit``: the pre-sigmoid grid from ``strategy.predict(canvas_image, cam=True)``.
+    """
+    cam_image = cam_map(cam_logit, image.shape[:2], canvas, downsample)
+    title = "{}  p = {:.3f}".format(slide_id, probability)
+    if label is not None:
+        title += "  (label {})".format(int(label))
+    safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(slide_id))
+    paths = {
+        "png": write_overlay(image, cam_image, os.path.join(out_dir, safe + ".png"), title,
+                             low=threshold),
+    }
+    collection = regions(cam_image, threshold, downsample, target_mpp, level0_mpp, origin_xy)
+    paths["geojson"] = write_geojson(collection, os.path.join(out_dir, safe + ".geojson"))
+    if tiff:
+        paths["tiff"] = write_tiff(cam_image, os.path.join(out_dir, safe + ".tif"), target_mpp,
+                                   level0_mpp, downsample, origin_xy)
+    paths["regions"] = len(collection["features"])
+    return paths

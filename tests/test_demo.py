@@ -1,0 +1,126 @@
+"""`reproduce demo` reduced: a tiny synthetic cohort, one short epoch on 2 mpirun ranks.
+
+Checks that the stages connect (synth -> prepare -> train -> predict --cam -> table), that the
+outputs exist, that a rerun skips the finished stages, and the table-only mode. The full demo
+(AUC >= 0.90 on its synthetic test set) is too long for the test suite; see the README.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = """data:
+  manifest: null
+  cache: {out}/cache
+  target_mpp: 32.0
+  canvas: 192
+  translate_px: 8
+model:
+  weights: none
+train:
+  strategy: direct
+  batch_size: 2
+  learning_rate: 1.0e-4
+  reduced_learning_rate: 1.0e-5
+  iterations_per_epoch: 2
+  patience: 1
+  max_epochs: 1
+  seed: 0
+  checkpoint_every: 2
+out: {out}/train
+"""
+
+
+def _demo(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "reproduce", "demo"] + list(args), cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, timeout=600)
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun (OpenMPI) not installed")
+def test_demo_end_to_end_tiny(tmp_path):
+    out = str(tmp_path / "demo")
+    config = str(tmp_path / "tiny.yaml")
+    with open(config, "w") as f:
+        f.write(TINY.format(out=out))
+    args = ["--out", out, "--np", "2", "--config", config, "--slides", "10", "--seed", "3",
+            "--synth-args", "--mpp 8 --workers 1"]
+    p = _demo(*args)
+    assert p.returncode == 0, p.stdout[-3000:]
+    # The mpirun line is printed for the user.
+    assert "mpirun --allow-run-as-root --oversubscribe -np 2" in p.stdout
+    manifest = pd.read_csv(os.path.join(out, "cohort", "manifest.csv"))
+    pred = pd.read_csv(os.path.join(out, "predict", "predictions.csv"))
+    test = manifest[manifest["split"] == "test"]
+    assert list(pred["slide_id"]) == list(test["slide_id"])
+    cams = [f for f in os.listdir(os.path.join(out, "predict", "cam")) if f.endswith(".png")]
+    assert len(cams) == len(test)
+    assert os.path.isfile(os.path.join(out, "train", "best.ckpt"))
+    with open(os.path.join(out, "table", "table.md")) as f:
+        table = f.read()
+    assert "SYNTHETIC" in table
+    assert "table.md" in p.stdout and "CAMs:" in p.stdout
+    for stage in ("synth", "prepare", "train", "predict", "table"):
+        assert os.path.isfile(os.path.join(out, ".stamps", stage + ".json")), stage
+
+    # A rerun skips every finished stage and still prints the table.
+    again = _demo(*args)
+    assert again.returncode == 0, again.stdout[-3000:]
+    for stage in ("synth", "prepare", "train", "predict"):
+        assert "[demo] {}: done before, skipped".format(stage) in again.stdout
+    assert "mpirun" not in again.stdout.replace("--mpirun", "")
+
+    # Table only, from the predictions (+ the manifest's subgroup columns).
+    only = _demo("--out", str(tmp_path / "only"), "--predictions",
+                 os.path.join(out, "predict", "predictions.csv"), "--manifest",
+                 os.path.join(out, "cohort", "manifest.csv"))
+    assert only.returncode == 0, only.stdout[-3000:]
+    assert os.path.isfile(str(tmp_path / "only" / "table" / "table.md"))
+    assert "[demo] synth" not in only.stdout and "[demo] train" not in only.stdout
+
+
+def test_demo_bad_input_is_one_line(tmp_path):
+    p = _demo("--out", str(tmp_path / "x"), "--predictions", str(tmp_path / "none.csv"))
+    lines = p.stdout.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "none.csv" in lines[0]
+    p = _demo("--out", str(tmp_path / "x"), "--config", str(tmp_path / "nope.yaml"))
+    lines = p.stdout.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "nope.yaml" in lines[0]
+
+
+def test_training_resumes_or_moves_other_runs_aside(tmp_path):
+    """The train stage: same inputs and a last.ckpt -> --resume; other inputs -> moved aside."""
+    from reproduce.demo import Runner, _resumable
+    config = tmp_path / "c.yaml"
+    config.write_text("a: 1\n")
+    run_dir = str(tmp_path / "train")
+    runner = Runner(str(tmp_path))
+    cmd = ["train", "--config", str(config)]
+    assert _resumable(runner, cmd, [str(config)], run_dir) == cmd      # fresh: marker written
+    open(os.path.join(run_dir, "last.ckpt"), "w").close()               # ... then interrupted
+    assert _resumable(runner, cmd, [str(config)], run_dir) == cmd + ["--resume"]
+    config.write_text("a: 2\n")                                         # the config changed
+    assert _resumable(runner, cmd, [str(config)], run_dir) == cmd
+    assert not os.path.exists(os.path.join(run_dir, "last.ckpt"))
+    assert [d for d in os.listdir(str(tmp_path)) if d.startswith("train.old-")]
+
+
+def test_cache_of_other_inputs_is_deleted(tmp_path):
+    from reproduce.demo import Runner, _fresh_cache
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("v1\n")
+    cache = str(tmp_path / "cache")
+    runner = Runner(str(tmp_path))
+    _fresh_cache(runner, ["prepare"], [str(manifest)], cache)
+    open(os.path.join(cache, "img.png"), "w").close()
+    _fresh_cache(runner, ["prepare"], [str(manifest)], cache)   # same inputs: resumed
+    assert os.path.exists(os.path.join(cache, "img.png"))
+    manifest.write_text("v2\n")                                  # a regenerated cohort
+    _fresh_cache(runner, ["prepare"], [str(manifest)], cache)
+    assert not os.path.exists(os.path.join(cache, "img.png"))

@@ -1,0 +1,117 @@
+"""`reproduce predict` on a tiny synthetic cohort: CSV, CAMs, cache vs. slides, bad input."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+TARGET_MPP = 32.0   # tiny images (about 170 x 140 px) so that the test stays fast
+CANVAS = 192
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """10 synthetic slides at 8 um/px (node rows for every test slide), prepared, a config and a
+    checkpoint of a randomly initialised model."""
+    import tensorflow as tf
+    tf.compat.v1.enable_v2_behavior()
+    from data import synth
+    from data.cache import prepare
+    from model import checkpoint
+    from model.resnet import build_model
+
+    root = tmp_path_factory.mktemp("predict")
+    cohort_dir = str(root / "cohort")
+    synth.make_cohort(cohort_dir, 10, 3, mpp=8.0, node_fraction=1.0, compression="zlib",
+                      workers=1, progress=False)
+    manifest = os.path.join(cohort_dir, "manifest.csv")
+    cache = str(root / "cache")
+    prepare(manifest, cache, target_mpp=TARGET_MPP, progress=False, log=lambda m: None)
+    config = str(root / "config.yaml")
+    with open(config, "w") as f:
+        f.write("data:\n  cache: {}\n  target_mpp: {}\n  canvas: {}\nmodel:\n  weights: none\n"
+                "train:\n  strategy: direct\nout: {}\n".format(cache, TARGET_MPP, CANVAS,
+                                                               str(root / "run")))
+    tf.compat.v1.set_random_seed(1)
+    model = build_model("none")
+    # Shrink the head so that probabilities are not all saturated at 0 or 1.
+    model.head.kernel.assign(model.head.kernel * 1e-3)
+    ckpt = str(root / "best.ckpt")
+    checkpoint.save(ckpt, model, {"epoch": 0})
+    return dict(root=root, manifest=manifest, cache=cache, config=config, ckpt=ckpt,
+                model=model)
+
+
+def _predict(c, out, *extra):
+    from reproduce.__main__ import main
+    return main(["predict", "--checkpoint", c["ckpt"], "--manifest", c["manifest"],
+                 "--config", c["config"], "--out", out] + list(extra))
+
+
+def test_predictions_csv_and_cams(cohort):
+    from data.cache import load_index, read_cached
+    from reproduce.predict import to_canvas
+    out = str(cohort["root"] / "out")
+    assert _predict(cohort, out, "--cache", cohort["cache"], "--cam", "--cam-tiff") == 0
+    pred = pd.read_csv(os.path.join(out, "predictions.csv"))
+    manifest = pd.read_csv(cohort["manifest"])
+    test = manifest[manifest["split"] == "test"]
+    assert list(pred.columns) == ["slide_id", "probability", "label", "level", "size_category",
+                                  "subtype", "chemo"]
+    assert list(pred["slide_id"]) == list(test["slide_id"])
+    assert set(pred["level"]) == {"slide", "node"}
+    assert list(pred["label"]) == list(test["label"])
+    assert ((pred["probability"] >= 0) & (pred["probability"] <= 1)).all()
+    # The probability is the model on the canvas built from the cached image.
+    index = load_index(cohort["cache"]).set_index("slide_id", drop=False)
+    sid = pred["slide_id"].iloc[0]
+    image = to_canvas(read_cached(cohort["cache"], index.loc[sid]), CANVAS)
+    direct = float(cohort["model"](image[None].astype(np.float32)).numpy()[0, 0])
+    assert abs(direct - pred["probability"].iloc[0]) <= 1e-5
+    # One PNG, GeoJSON and TIFF per row; GeoJSON vertices inside the slide (level-0 px).
+    from data.slide import slide_info
+    for _, row in pred.iterrows():
+        for ext in ("png", "geojson", "tif"):
+            assert os.path.getsize(os.path.join(out, "cam", row["slide_id"] + "." + ext)) > 0
+        with open(os.path.join(out, "cam", row["slide_id"] + ".geojson")) as f:
+            fc = json.load(f)
+        info = slide_info(index.loc[row["slide_id"], "path"])
+        for feat in fc["features"]:
+            ring = np.array(feat["geometry"]["coordinates"][0])
+            assert (ring >= -4).all()
+            assert (ring[:, 0] <= info["width"] + 4).all() and (ring[:, 1] <= info["height"] + 4).all()
+
+
+def test_slides_without_cache_give_the_same_predictions(cohort):
+    out_a = str(cohort["root"] / "a")
+    out_b = str(cohort["root"] / "b")
+    assert _predict(cohort, out_a, "--cache", cohort["cache"]) == 0
+    # A config whose cache folder does not exist: predict reads the slides (nodes cropped).
+    cfg = str(cohort["root"] / "nocache.yaml")
+    with open(cohort["config"]) as f:
+        text = f.read().replace(cohort["cache"], str(cohort["root"] / "none"))
+    with open(cfg, "w") as f:
+        f.write(text)
+    assert _predict(dict(cohort, config=cfg), out_b) == 0
+    a = pd.read_csv(os.path.join(out_a, "predictions.csv"))
+    b = pd.read_csv(os.path.join(out_b, "predictions.csv"))
+    assert list(a["slide_id"]) == list(b["slide_id"])
+    np.testing.assert_allclose(a["probability"], b["probability"], rtol=0, atol=1e-6)
+
+
+def test_bad_inputs_are_one_line_errors(cohort, capsys, tmp_path):
+    bad = tmp_path / "bad.csv"
+    pd.read_csv(cohort["manifest"]).assign(path="slides/missing.tiff").to_csv(bad, index=False)
+    from reproduce.__main__ import main
+    rc = main(["predict", "--checkpoint", cohort["ckpt"], "--manifest", str(bad), "--config",
+               cohort["config"], "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "bad.csv" in err[0] and "Traceback" not in err[0]
+    rc = main(["predict", "--checkpoint", str(tmp_path / "nope.ckpt"), "--manifest",
+               cohort["manifest"], "--config", cohort["config"], "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nope.ckpt" in err[0]
+    rc = main(["predict", "--checkpoint", cohort["ckpt"], "--manifest", cohort["manifest"],
+               "--config", cohort["config"], "--out", str(tmp_path / "o"), "--split", "nosuch"])
+    assert rc == 2 and "nosuch" in capsys.readouterr().err
