@@ -4,7 +4,9 @@ Layout of ``CACHE/``:
 - ``index.csv``: every manifest column (``path``/``annotation`` made absolute, ``label`` as 0/1)
   + ``cache_file`` (relative to CACHE), ``height``, ``width`` (pixels of the cached image),
   ``mpp`` (µm/px of the cached image = the target mpp) and ``slide_mpp`` (µm per level-0 pixel
-  that was used: the file's, or the manifest's ``mpp`` override, whose column this replaces).
+  that was used: the file's, or the manifest's ``mpp`` override, whose column this replaces),
+  ``source_stamp`` (size and modification time of the slide and annotation files: a slide
+  rewritten under the same path, e.g. a regenerated synthetic cohort, is read again).
 - one image per row: PNG (cv2, zlib level 1: lossless; the choice is measured in
   docs/benchmarks.md "## prepare") or ``.npy`` (``--format npy``; large, but memory-mappable).
 
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 INDEX = "index.csv"
-EXTRA_COLUMNS = ("cache_file", "height", "width", "mpp", "slide_mpp")
+EXTRA_COLUMNS = ("cache_file", "height", "width", "mpp", "slide_mpp", "source_stamp")
 PNG_COMPRESSION = 1  # zlib level: 1 is ~3x smaller than raw on tissue and about as fast as 0
 _TMP = ".tmp-"
 
@@ -198,10 +200,11 @@ def _entry_ok(cache_dir, old, new, target_mpp):
     try:
         same = (old["path"] == new["path"]
                 and old.get("annotation", "") == new.get("annotation", "")
+                and old.get("source_stamp", "") == source_stamp(new)
                 and abs(float(old["mpp"]) - target_mpp) <= 1e-9 * target_mpp)
         size = image_size(os.path.join(cache_dir, old["cache_file"]))
         return same and size == (int(old["height"]), int(old["width"]))
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, OSError):
         return False
 
 
@@ -228,10 +231,22 @@ def _clean_tmp(cache_dir):
             pass
 
 
+def source_stamp(row):
+    """'size:mtime_ns' of the row's slide file (and annotation), to notice a rewritten source."""
+    parts = []
+    for key in ("path", "annotation"):
+        path = row.get(key, "")
+        if isinstance(path, str) and path:
+            st = os.stat(path)
+            parts.append("{}:{}".format(st.st_size, st.st_mtime_ns))
+    return "|".join(parts)
+
+
 def _index_row(row, columns, cache_file, shape, target_mpp, slide_mpp):
     out = {c: ("" if pd.isna(row[c]) else str(row[c])) for c in columns if c != "mpp"}
     out.update(cache_file=cache_file, height=str(shape[0]), width=str(shape[1]),
-               mpp=repr(float(target_mpp)), slide_mpp=repr(float(slide_mpp)))
+               mpp=repr(float(target_mpp)), slide_mpp=repr(float(slide_mpp)),
+               source_stamp=source_stamp(row))
     return out
 
 

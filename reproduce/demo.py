@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -197,27 +196,6 @@ def _resumable(runner, command, inputs, run_dir):
     return command
 
 
-def _fresh_cache(runner, command, inputs, cache_dir):
-    """The prepare cache of other inputs (a regenerated cohort reuses slide ids and paths) is
-    deleted before prepare runs, so that no stale image is taken for a new slide; the cache of
-    the same inputs is kept, and prepare resumes it."""
-    if runner.done("prepare", command, inputs):
-        return
-    marker = os.path.join(cache_dir, ".demo-inputs")
-    fingerprint = runner.fingerprint(inputs)
-    try:
-        with open(marker) as f:
-            same = f.read().strip() == fingerprint
-    except OSError:
-        same = False
-    if not same and os.path.isdir(cache_dir):
-        print("[demo] prepare: {} was prepared from other inputs; deleted".format(cache_dir))
-        shutil.rmtree(cache_dir)
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(marker, "w") as f:
-        f.write(fingerprint)
-
-
 def _train_log(run_dir):
     for name in ("train_log.csv", "log.csv"):
         path = os.path.join(run_dir, name)
@@ -272,7 +250,6 @@ def run(args):
         manifest, title = args.manifest, "cohort {}".format(os.path.basename(args.manifest))
     inputs = [manifest, args.config]
     prepare = prepare_command(args, manifest, p["cache"], cfg["data"]["target_mpp"])
-    _fresh_cache(runner, prepare, [manifest], p["cache"])
     runner.stage("prepare", prepare, inputs=[manifest])
     train = train_command(args, manifest, p["cache"], p["train"])
     runner.stage("train", _resumable(runner, train, inputs, p["train"]), inputs=inputs, key=train)

@@ -109,18 +109,3 @@ def test_training_resumes_or_moves_other_runs_aside(tmp_path):
     assert _resumable(runner, cmd, [str(config)], run_dir) == cmd
     assert not os.path.exists(os.path.join(run_dir, "last.ckpt"))
     assert [d for d in os.listdir(str(tmp_path)) if d.startswith("train.old-")]
-
-
-def test_cache_of_other_inputs_is_deleted(tmp_path):
-    from reproduce.demo import Runner, _fresh_cache
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("v1\n")
-    cache = str(tmp_path / "cache")
-    runner = Runner(str(tmp_path))
-    _fresh_cache(runner, ["prepare"], [str(manifest)], cache)
-    open(os.path.join(cache, "img.png"), "w").close()
-    _fresh_cache(runner, ["prepare"], [str(manifest)], cache)   # same inputs: resumed
-    assert os.path.exists(os.path.join(cache, "img.png"))
-    manifest.write_text("v2\n")                                  # a regenerated cohort
-    _fresh_cache(runner, ["prepare"], [str(manifest)], cache)
-    assert not os.path.exists(os.path.join(cache, "img.png"))

@@ -79,6 +79,13 @@ def test_cache_equals_direct_reads_and_rerun_skips(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["cached"], summary["skipped"]) == (1, 3)
     assert np.array_equal(read_cached(cache, "s0"), read_slide(str(tmp_path / "s0.svs"), 0.6))
+    # a slide rewritten under the same path (a regenerated cohort) is read again, with its node
+    aperio_tiff(tmp_path / "s0.svs", pyramid(tissue(600, 720, seed=99), 2), mpp=0.25)
+    assert main(["prepare", "--manifest", manifest, "--out", cache, "--target-mpp", "0.6",
+                 "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["cached"], summary["skipped"]) == (2, 2)
+    assert np.array_equal(read_cached(cache, "s0"), read_slide(str(tmp_path / "s0.svs"), 0.6))
 
 
 def test_bad_manifest_lists_every_problem_exit_2(tmp_path, capsys):
