@@ -30,7 +30,9 @@ import numpy as np
 import pandas as pd
 
 INDEX = "index.csv"
-EXTRA_COLUMNS = ("cache_file", "height", "width", "mpp", "slide_mpp", "source_stamp")
+EXTRA_COLUMNS = ("cache_file", "height", "width", "mpp", "slide_mpp")
+# Written by prepare, not needed to read the cache: an index without it is simply re-prepared.
+STAMP_COLUMN = "source_stamp"
 PNG_COMPRESSION = 1  # zlib level: 1 is ~3x smaller than raw on tissue and about as fast as 0
 _TMP = ".tmp-"
 
@@ -200,7 +202,7 @@ def _entry_ok(cache_dir, old, new, target_mpp):
     try:
         same = (old["path"] == new["path"]
                 and old.get("annotation", "") == new.get("annotation", "")
-                and old.get("source_stamp", "") == source_stamp(new)
+                and old.get(STAMP_COLUMN, "") == source_stamp(new)
                 and abs(float(old["mpp"]) - target_mpp) <= 1e-9 * target_mpp)
         size = image_size(os.path.join(cache_dir, old["cache_file"]))
         return same and size == (int(old["height"]), int(old["width"]))
@@ -246,7 +248,7 @@ def _index_row(row, columns, cache_file, shape, target_mpp, slide_mpp):
     out = {c: ("" if pd.isna(row[c]) else str(row[c])) for c in columns if c != "mpp"}
     out.update(cache_file=cache_file, height=str(shape[0]), width=str(shape[1]),
                mpp=repr(float(target_mpp)), slide_mpp=repr(float(slide_mpp)),
-               source_stamp=source_stamp(row))
+               **{STAMP_COLUMN: source_stamp(row)})
     return out
 
 
