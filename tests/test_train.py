@@ -74,11 +74,6 @@ def checkpoint_arrays(path):
         return {k: z[k] for k in z.files if k.startswith(("model/", "optimizer/"))}
 
 
-needs_pipeline = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(ROOT, "data", "pipeline.py")),
-    reason="data/pipeline.py (the tf.data loader) is not written yet")
-
-
 # ------------------------------------------------------------------------ pure pieces
 
 def test_schedule_reduces_then_stops():
@@ -165,7 +160,6 @@ def cohort(tmp_path_factory):
     return base
 
 
-@needs_pipeline
 def test_train_kill9_resume_equals_uninterrupted(cohort):
     # Uninterrupted: 2 epochs of 4 iterations, 2 ranks x 1 slide.
     straight = cohort / "straight"
@@ -220,7 +214,6 @@ def test_train_kill9_resume_equals_uninterrupted(cohort):
         assert sa[key] == sb[key], key
 
 
-@needs_pipeline
 def test_a_dying_rank_ends_the_job(cohort):
     out = cohort / "dies"
     started = time.time()
