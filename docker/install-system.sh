@@ -6,6 +6,11 @@ set -euo pipefail
 
 with_mpi=1
 [ "${1:-}" = "--no-mpi" ] && with_mpi=0
+# An MPI built from source (the Docker image's OpenMPI 4.0.1) is kept: no distribution MPI over it.
+if command -v mpirun >/dev/null 2>&1 && command -v mpicc >/dev/null 2>&1 \
+   && ! dpkg -s openmpi-bin >/dev/null 2>&1; then
+    with_mpi=0
+fi
 
 pkgs=(libopenslide0 build-essential git ca-certificates curl)
 [ "$with_mpi" = 1 ] && pkgs+=(openmpi-bin libopenmpi-dev)
