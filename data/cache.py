@@ -29,12 +29,13 @@ import time
 import numpy as np
 import pandas as pd
 
+from data.files import atomic_write_bytes, atomic_write_csv, remove_temporaries
+
 INDEX = "index.csv"
 EXTRA_COLUMNS = ("cache_file", "height", "width", "mpp", "slide_mpp")
 # Written by prepare, not needed to read the cache: an index without it is simply re-prepared.
 STAMP_COLUMN = "source_stamp"
 PNG_COMPRESSION = 1  # zlib level: 1 is ~3x smaller than raw on tissue and about as fast as 0
-_TMP = ".tmp-"
 
 
 class CacheError(ValueError):
@@ -50,21 +51,6 @@ class PrepareError(ValueError):
 
 
 # -- files --------------------------------------------------------------------------------------
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, ".{}{}{}".format(name, _TMP, os.getpid()))
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_csv(df, path):
-    atomic_write_bytes(path, df.to_csv(index=False).encode("utf-8"))
-
-
 def cache_name(slide_id, fmt="png"):
     """File name for a slide_id: the id itself when it is a safe name, else a sanitised id plus
     8 hex digits of its sha1 (so distinct ids never collide)."""
@@ -225,14 +211,6 @@ def _merge_partials(cache_dir):
         os.remove(p)
 
 
-def _clean_tmp(cache_dir):
-    for p in glob.glob(os.path.join(cache_dir, ".*" + _TMP + "*")):
-        try:
-            os.remove(p)
-        except OSError:
-            pass
-
-
 def source_stamp(row):
     """'size:mtime_ns' of the row's slide file (and annotation), to notice a rewritten source."""
     parts = []
@@ -291,7 +269,7 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
 
     os.makedirs(cache_dir, exist_ok=True)
     if rank == 0:
-        _clean_tmp(cache_dir)
+        remove_temporaries(cache_dir)
         _merge_partials(cache_dir)
     if comm is not None:
         comm.Barrier()

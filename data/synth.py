@@ -29,11 +29,12 @@ Outputs in the cohort folder (see :func:`make_cohort`): ``slides/*.tiff``, ``man
 import json
 import multiprocessing
 import os
-import tempfile
 
 import cv2
 import numpy as np
 import pandas as pd
+
+from data.files import atomic_path, atomic_write_csv, atomic_write_text
 
 SIZE_CATEGORIES = ("macro", "micro", "itc")
 SUBTYPES = ("classical", "mucinous", "signet_poorly")
@@ -353,30 +354,18 @@ def write_aperio_tiff(path, rgb, mpp, compression="jpeg", quality=90):
     """Writes an openslide-readable Aperio-style pyramidal TIFF atomically (temp + rename)."""
     import tifffile
     codec = ("jpeg", quality) if compression == "jpeg" else compression
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tiff", dir=folder)
-    os.close(fd)
-    try:
-        levels = pyramid(rgb)
-        h0, w0 = rgb.shape[:2]
-        with tifffile.TiffWriter(tmp, bigtiff=rgb.nbytes > 2 ** 31) as tw:
-            for i, level in enumerate(levels):
-                desc = aperio_description(level.shape[1], level.shape[0], mpp,
-                                          None if i == 0 else (w0, h0))
-                tw.write(level, tile=(_TILE, _TILE), photometric="rgb", compression=codec,
-                         description=desc, metadata=None)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    levels = pyramid(rgb)
+    h0, w0 = rgb.shape[:2]
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=rgb.nbytes > 2 ** 31) as tw:
+        for i, level in enumerate(levels):
+            desc = aperio_description(level.shape[1], level.shape[0], mpp,
+                                      None if i == 0 else (w0, h0))
+            tw.write(level, tile=(_TILE, _TILE), photometric="rgb", compression=codec,
+                     description=desc, metadata=None)
 
 
 def _write_json(path, obj):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj))
 
 
 def _feature(polygon_px, properties):
@@ -565,10 +554,7 @@ def make_cohort(out_dir, slides, seed, mpp=2.0, node_fraction=0.5, width_mm=5.5,
         records.extend(node_rows[row["index"]])
     manifest = pd.DataFrame.from_records(records, columns=list(MANIFEST_COLUMNS))
     path = os.path.join(out_dir, "manifest.csv")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=out_dir)
-    os.close(fd)
-    manifest.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write_csv(manifest, path)
     parameters = dict(synthetic=True, slides=slides, seed=seed, mpp=mpp,
                       node_fraction=node_fraction, width_mm=width_mm, height_mm=height_mm,
                       micro_min_mm=micro_min_mm, split_fractions=list(split_fractions),

@@ -18,9 +18,10 @@ so a kill at any moment leaves either the old checkpoint or the new one, never a
 """
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from data.files import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -41,19 +42,8 @@ def save(path, model, state, optimizer=None):
         [v.name for v in model.variables] + [v.name for v in (optimizer.variables() if optimizer else [])]))
     keys, pos, gauss, cached = np.random.get_state()[1:]
     arrays.update({"rng/keys": keys, "rng/meta": np.array([pos, gauss, cached], np.float64)})
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def read_state(path):

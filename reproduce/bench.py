@@ -22,8 +22,8 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 
+from data.files import atomic_write_text
 from reproduce.errors import UserError
 
 
@@ -46,23 +46,12 @@ def add_arguments(parser):
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
 
-def _write(path, text):
-    """Atomic: a temp file in the same folder, then os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.chmod(tmp, 0o644)   # mkstemp makes it private; a result file is for everyone
-    os.replace(tmp, path)
-
-
 def _emit(result, out):
     line = json.dumps(result, sort_keys=True)
     print(line)
     sys.stdout.flush()
     if out:
-        _write(out, line)
+        atomic_write_text(out, line + "\n")
 
 
 def _image(height, width):

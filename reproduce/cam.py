@@ -24,9 +24,10 @@ GeoJSON FeatureCollection in level-0 pixel coordinates, and optionally the map a
 """
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from data.files import atomic_path, atomic_write_text
 
 OUTPUT_STRIDE = 32  # the ResNet-50 backbone's output stride (model.resnet.OUTPUT_STRIDE)
 CLASSIFICATION = "Tumor (CAM)"
@@ -196,28 +197,8 @@ def regions(cam_image, threshold=0.5, downsample=1, target_mpp=1.0, level0_mpp=1
 
 # --------------------------------------------------------------------------- writers
 
-def _atomic(path, write):
-    """Writes through a temporary file in the same folder, then os.replace (atomic)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def write_geojson(collection, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(collection, f)
-    return _atomic(path, write)
+    return atomic_write_text(path, json.dumps(collection))
 
 
 def thumbnail(image, max_side=1024):
@@ -259,10 +240,9 @@ def write_overlay(image, cam_image, path, title, low=0.5, max_side=1024):
     bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label("CAM (sigmoid)", fontsize=8)
 
-    def write(tmp):
-        fig.savefig(tmp, format="png", bbox_inches="tight")
     try:
-        _atomic(path, write)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
@@ -283,10 +263,10 @@ def write_tiff(cam_image, path, target_mpp, level0_mpp, downsample=1, origin_xy=
     }
     per_cm = 1e4 / mpp
 
-    def write(tmp):
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, np.asarray(cam_image, dtype=np.float32), metadata=None,
                          description=json.dumps(note), resolution=(per_cm, per_cm, "CENTIMETER"))
-    return _atomic(path, write)
+    return path
 
 
 def export(slide_id, image, cam_logit, canvas, probability, out_dir, target_mpp, level0_mpp,

@@ -36,7 +36,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from data.cache import atomic_write_csv
+    from data.files import atomic_write_csv
     from data.camelyon import CamelyonError, build_manifest
 
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from data.files import atomic_write_text
 from reproduce.errors import UserError
 
 STAGES = ("synth", "prepare", "train", "predict", "table")
@@ -119,13 +120,9 @@ class Runner:
         if rc != 0:
             raise UserError("demo stage '{}' failed (exit {}); rerun it with: {}".format(
                 stage, rc, printable))
-        os.makedirs(self.stamps, exist_ok=True)
-        tmp = self._stamp(stage) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"command": key, "inputs": self.fingerprint(inputs),
-                       "seconds": round(seconds, 1),
-                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
-        os.replace(tmp, self._stamp(stage))
+        atomic_write_text(self._stamp(stage), json.dumps({
+            "command": key, "inputs": self.fingerprint(inputs), "seconds": round(seconds, 1),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
         self.timings.append((stage, seconds))
         print("[demo] {}: {:.0f} s".format(stage, seconds), flush=True)
 

@@ -11,10 +11,10 @@ subgroup panel is the subgroup's positives against all negatives of its level. O
 data supports are drawn; a composite marks missing ones 'not in data'.
 """
 import os
-import tempfile
 
 import numpy as np
 
+from data.files import atomic_path
 from reproduce.errors import UserError
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy")
@@ -100,15 +100,8 @@ def _draw_curve(ax, log, what):
 
 
 def _save(fig, path):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_figures(cases, out_dir, log=None, title=""):

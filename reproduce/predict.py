@@ -14,10 +14,10 @@ slide pixels, optionally a TIFF).
 """
 import os
 import sys
-import tempfile
 
 import numpy as np
 
+from data.files import atomic_write_csv
 from reproduce.errors import UserError
 
 SUBGROUP_COLUMNS = ("level", "size_category", "subtype", "chemo")
@@ -177,21 +177,6 @@ def prediction_columns(rows):
         c for c in SUBGROUP_COLUMNS[1:] if c in rows.columns]
 
 
-def write_csv_atomic(df, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".csv")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 # --------------------------------------------------------------------------- run
 
 def run(args):
@@ -250,7 +235,7 @@ def run(args):
                 tiff=args.cam_tiff, label=row["label"])
             cams.append(paths)
     predictions = pd.DataFrame(out_rows, columns=prediction_columns(rows))
-    path = write_csv_atomic(predictions, os.path.join(args.out, "predictions.csv"))
+    path = atomic_write_csv(predictions, os.path.join(args.out, "predictions.csv"))
     print("wrote {} ({} row(s))".format(path, len(predictions)))
     if cams:
         print("wrote {} CAM(s) to {} (PNG overlay, GeoJSON level-0 regions{})".format(

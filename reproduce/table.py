@@ -17,10 +17,10 @@ Markdown table.
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 
+from data.files import atomic_write_text
 from reproduce.errors import UserError
 
 PAPER_VALUES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_values.csv")
@@ -72,8 +72,8 @@ def run(args):
     rows, notes, cases = compute_rows(df, paper)
     md = render_markdown(rows, notes, paper, args.title, args.predictions)
     os.makedirs(args.out, exist_ok=True)
-    _write_atomic(os.path.join(args.out, "table.csv"), render_csv(rows))
-    _write_atomic(os.path.join(args.out, "table.md"), md)
+    atomic_write_text(os.path.join(args.out, "table.csv"), render_csv(rows))
+    atomic_write_text(os.path.join(args.out, "table.md"), md)
     written = []
     if not args.no_figures:
         from reproduce import figures
@@ -390,15 +390,3 @@ def render_csv(rows):
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else
                         (repr(v) if isinstance(v, float) else v)) for k, v in r.items()})
     return buf.getvalue()
-
-
-def _write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

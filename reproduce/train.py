@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from data.files import atomic_path
 from reproduce.config import check_world_size, load_config
 from reproduce.errors import UserError
 
@@ -270,12 +271,10 @@ def load_cohort(cfg):
 
 
 def _write_log(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _read_log(path):

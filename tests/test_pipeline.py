@@ -1,5 +1,4 @@
 """data.pipeline: shapes and dtypes, disjoint equal-size shards, replayable order, eval once."""
-import os
 
 import numpy as np
 import pandas as pd

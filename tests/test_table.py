@@ -1,6 +1,5 @@
 """`python -m reproduce table`: rows, subgroup definitions, paper values, bad input, figures."""
 import csv
-import math
 import os
 import subprocess
 import sys
