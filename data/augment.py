@@ -39,6 +39,9 @@ import warnings
 import cv2
 import numpy as np
 
+from data.canvas import (WHITE, Canvas, canvas_offset, check_image, crop_to_canvas, place,
+                         warn_crop)
+
 # name -> (RGB->space, space->RGB, index of the brightness channel); imgaug's
 # WithBrightnessChannels._CSPACE_TO_CHANNEL_ID and _CSPACE_OPENCV_CONV_VARS.
 BRIGHTNESS_SPACES = collections.OrderedDict([
@@ -50,7 +53,6 @@ BRIGHTNESS_SPACES = collections.OrderedDict([
     ("YUV", (cv2.COLOR_RGB2YUV, cv2.COLOR_YUV2RGB, 0)),
 ])
 
-WHITE = 255
 _STRIP_PIXELS = 1 << 22  # ~4 M pixels per colour strip: 12 MB of uint8 RGB, whatever the width
 
 AugmentParams = collections.namedtuple("AugmentParams", [
@@ -104,46 +106,10 @@ def sample_params(rng_or_seed, translate_px=500, rotate_deg=(0.0, 360.0), contra
     )
 
 
-def canvas_offset(size, canvas):
-    """Where row/column 0 of an image of `size` pixels lands on the canvas (centre pad or crop).
-
-    Pad: ``(canvas - size) // 2`` white pixels before, the rest after. Crop: the central
-    `canvas` pixels are kept, starting at ``(size - canvas) // 2``.
-    """
-    if size <= canvas:
-        return (canvas - size) // 2
-    return -((size - canvas) // 2)
-
-
-def _check_image(image):
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-            and image.shape[2] == 3):
-        raise ValueError("augment: expected a uint8 (H, W, 3) RGB array, got {} {}".format(
-            getattr(image, "dtype", type(image)), getattr(image, "shape", "")))
-
-
-def _warn_crop(image, canvas, fail_if_larger):
-    h, w = image.shape[:2]
-    if h > canvas or w > canvas:
-        message = "image {}x{} is larger than the canvas {}x{}: centre-cropped".format(
-            h, w, canvas, canvas)
-        if fail_if_larger:
-            raise ValueError(message)
-        warnings.warn(message)
-
-
 def pad_to_canvas(image, canvas, fail_if_larger=False):
-    """Centre-pads with white to (canvas, canvas, 3); centre-crops with a warning if larger."""
-    _check_image(image)
-    _warn_crop(image, canvas, fail_if_larger)
-    h, w = image.shape[:2]
-    out = np.full((canvas, canvas, 3), WHITE, np.uint8)
-    oy, ox = canvas_offset(h, canvas), canvas_offset(w, canvas)
-    sy, sx = max(0, -oy), max(0, -ox)
-    dy, dx = max(0, oy), max(0, ox)
-    ch, cw = min(h - sy, canvas - dy), min(w - sx, canvas - dx)
-    out[dy:dy + ch, dx:dx + cw] = image[sy:sy + ch, sx:sx + cw]
-    return out
+    """Centre-pads with white to (canvas, canvas, 3); centre-crops with a warning if larger.
+    The dense form of ``data.canvas.place``."""
+    return place(image, canvas, fail_if_larger).dense()
 
 
 def _imgaug_matrix(canvas, params):
@@ -203,41 +169,164 @@ def _colour_tables(params):
 COLOUR_STAGES = ("contrast", "brightness", "hue_saturation")
 
 
-def colour_(canvas_image, params, stages=COLOUR_STAGES):
+def _colour_opencv_(strip, params, stages):
+    """The colour steps as imgaug runs them, with OpenCV, in place on one uint8 RGB array."""
+    contrast, brightness, hue, saturation = _colour_tables(params)
+    to_space, from_space, channel = BRIGHTNESS_SPACES[params.brightness_space]
+    if "contrast" in stages:
+        cv2.LUT(strip, contrast, dst=strip)
+    if "brightness" in stages:
+        space = cv2.cvtColor(strip, to_space)
+        space[..., channel] = brightness[space[..., channel]]
+        strip[...] = cv2.cvtColor(space, from_space)
+    if "hue_saturation" in stages:
+        hsv = cv2.cvtColor(strip, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = hue[hsv[..., 0]]
+        hsv[..., 1] = saturation[hsv[..., 1]]
+        strip[...] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+_SIMD_ROW = 4096   # px: a multiple of every SIMD width of OpenCV's colour loops
+
+
+def colour_(image, params, stages=COLOUR_STAGES):
     """Contrast, brightness, hue and saturation of the paper, in place, strip by strip.
 
     Like imgaug, the colour-space round trips happen even when a factor is 1 or an offset 0
     (they are not lossless in uint8). `stages` selects stages, for tests only.
+
+    OpenCV's uint8 colour conversions are not pure functions of the pixel: its SIMD loop and
+    the scalar loop that finishes a row round differently (HSV -> RGB by up to a few levels),
+    so the same colour would come out differently at the end of a row. The pixels are
+    therefore laid out in rows of ``_SIMD_ROW`` px, and each goes through the SIMD loop: the
+    result depends on its colour alone (tested), which keeps the white fill one uniform colour
+    (data/canvas.py). It equals imgaug everywhere but at imgaug's row ends.
     """
-    contrast, brightness, hue, saturation = _colour_tables(params)
-    to_space, from_space, channel = BRIGHTNESS_SPACES[params.brightness_space]
-    h, w = canvas_image.shape[:2]
-    rows = max(1, _STRIP_PIXELS // max(1, w))
-    for r0 in range(0, h, rows):
-        strip = canvas_image[r0:r0 + rows]
-        if "contrast" in stages:
-            cv2.LUT(strip, contrast, dst=strip)
-        if "brightness" in stages:
-            space = cv2.cvtColor(strip, to_space)
-            space[..., channel] = brightness[space[..., channel]]
-            strip[...] = cv2.cvtColor(space, from_space)
-        if "hue_saturation" in stages:
-            hsv = cv2.cvtColor(strip, cv2.COLOR_RGB2HSV)
-            hsv[..., 0] = hue[hsv[..., 0]]
-            hsv[..., 1] = saturation[hsv[..., 1]]
-            strip[...] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return canvas_image
+    if not image.flags.c_contiguous:
+        image[...] = colour_(np.ascontiguousarray(image), params, stages)
+        return image
+    flat = image.reshape(-1, 3)
+    n = flat.shape[0]
+    for start in range(0, n, _STRIP_PIXELS):
+        part = flat[start:start + _STRIP_PIXELS]
+        rows = -(-part.shape[0] // _SIMD_ROW)
+        strip = np.full((rows * _SIMD_ROW, 3), WHITE, np.uint8)
+        strip[:part.shape[0]] = part
+        _colour_opencv_(strip.reshape(rows, _SIMD_ROW, 3), params, stages)
+        part[...] = strip[:part.shape[0]]
+    return image
+
+
+def fill_colour(params, stages=COLOUR_STAGES):
+    """The colour that the white fill becomes: uint8 (3,)."""
+    return colour_(np.full((1, 1, 3), WHITE, np.uint8), params, stages)[0, 0]
+
+
+def _opencv_inverse(matrix):
+    """The inverse affine map exactly as cv::warpAffine computes it (imgwarp.cpp), in float64."""
+    m = [float(v) for v in np.asarray(matrix, np.float64)[:2].reshape(-1)]
+    det = m[0] * m[4] - m[1] * m[3]
+    det = 1.0 / det if det != 0 else 0.0
+    a11, a22 = m[4] * det, m[0] * det
+    m[0], m[1], m[3], m[4] = a11, m[1] * -det, m[3] * -det, a22
+    b1 = -m[0] * m[2] - m[1] * m[5]
+    b2 = -m[3] * m[2] - m[4] * m[5]
+    m[2], m[5] = b1, b2
+    return m
+
+
+def _warp_maps(inverse, top, bottom, left, right):
+    """cv::warpAffine's fixed-point source coordinates of canvas pixels [top, bottom) x
+    [left, right): (xy int16 (h, w, 2), alpha uint16 (h, w)) for ``cv2.remap``.
+
+    warpAffine (INTER_CUBIC) maps output pixel (x, y) to ``X = (round(M0 x 1024) +
+    round((M1 y + M2) 1024) + 16) >> 5`` (and Y alike, 1/32 px), then remaps with the integer
+    part and the 5+5-bit fraction. Doing the same for a window of the canvas gives its pixels
+    bit for bit (tests/test_canvas.py), where a warpAffine of the window alone would round
+    differently.
+    """
+    xs = np.arange(left, right, dtype=np.float64)
+    ys = np.arange(top, bottom, dtype=np.float64)
+    m = inverse
+    x_col = np.rint(m[0] * xs * 1024).astype(np.int64)
+    y_col = np.rint(m[3] * xs * 1024).astype(np.int64)
+    x_row = np.rint((m[1] * ys + m[2]) * 1024).astype(np.int64) + 16
+    y_row = np.rint((m[4] * ys + m[5]) * 1024).astype(np.int64) + 16
+    x = (x_row[:, None] + x_col[None, :]) >> 5
+    y = (y_row[:, None] + y_col[None, :]) >> 5
+    xy = np.empty(x.shape + (2,), np.int16)
+    xy[..., 0] = np.clip(x >> 5, -32768, 32767)
+    xy[..., 1] = np.clip(y >> 5, -32768, 32767)
+    alpha = ((y & 31) * 32 + (x & 31)).astype(np.uint16)
+    return xy, alpha
+
+
+def footprint(shape, canvas, params):
+    """(top, bottom, left, right): canvas px that the warped image can change (half-open).
+
+    A canvas pixel takes the fill unless its bicubic taps (source pixels floor(s) - 1 ..
+    floor(s) + 2) reach the image, i.e. unless its source point s lies in (-3, size + 1); the
+    image rectangle grown by 3 px is mapped forward and its bounding box grown by 2 px more.
+    """
+    h, w = shape[:2]
+    matrix = geometry_matrix(shape, canvas, params)
+    corners = np.array([[-3.0, -3.0, 1.0], [w + 2.0, -3.0, 1.0], [-3.0, h + 2.0, 1.0],
+                        [w + 2.0, h + 2.0, 1.0]])
+    xy = corners @ matrix[:2].T
+    top = max(0, int(np.floor(xy[:, 1].min())) - 2)
+    bottom = min(canvas, int(np.ceil(xy[:, 1].max())) + 3)
+    left = max(0, int(np.floor(xy[:, 0].min())) - 2)
+    right = min(canvas, int(np.ceil(xy[:, 0].max())) + 3)
+    return top, max(top, bottom), left, max(left, right)
+
+
+def _trim_white(content):
+    """(top, bottom, left, right) of the smallest box holding every non-white pixel."""
+    other = np.any(content != WHITE, axis=2)
+    rows, cols = np.flatnonzero(other.any(axis=1)), np.flatnonzero(other.any(axis=0))
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def apply_canvas(image, params, canvas, fail_if_larger=False, stages=COLOUR_STAGES):
+    """The augmentation as a ``data.canvas.Canvas``: equal, pixel for pixel, to
+    ``apply(image, params, canvas)`` (tested), in time and memory of the slide's footprint.
+
+    Only the warped footprint is computed, with warpAffine's own fixed-point coordinates
+    (``_warp_maps``) in strips of rows; its white rows and columns at the edges are trimmed; the
+    colour steps run on what is left, and the fill is white after the same colour steps.
+    """
+    check_image(image)
+    warn_crop(image, canvas, fail_if_larger)
+    image = crop_to_canvas(image, canvas)
+    top, bottom, left, right = footprint(image.shape, canvas, params)
+    inverse = _opencv_inverse(geometry_matrix(image.shape, canvas, params))
+    content = np.empty((bottom - top, right - left, 3), np.uint8)
+    rows = max(1, _STRIP_PIXELS // max(1, right - left))
+    for r0 in range(top, bottom, rows):
+        r1 = min(bottom, r0 + rows)
+        xy, alpha = _warp_maps(inverse, r0, r1, left, right)
+        content[r0 - top:r1 - top] = cv2.remap(image, xy, alpha, cv2.INTER_CUBIC,
+                                               borderMode=cv2.BORDER_CONSTANT,
+                                               borderValue=(WHITE, WHITE, WHITE))
+    a, b, c, d = _trim_white(content)
+    content = np.ascontiguousarray(content[a:b, c:d])
+    return Canvas(colour_(content, params, stages), (top + a, left + c),
+                  fill_colour(params, stages), (canvas, canvas))
 
 
 def apply(image, params, canvas, fail_if_larger=False, stages=COLOUR_STAGES):
-    """The augmentation with given parameters: uint8 (H, W, 3) -> uint8 (canvas, canvas, 3)."""
-    _check_image(image)
-    _warn_crop(image, canvas, fail_if_larger)
+    """The augmentation with given parameters: uint8 (H, W, 3) -> uint8 (canvas, canvas, 3).
+
+    The dense reference: one warpAffine of the whole canvas, as imgaug does it. Training uses
+    ``apply_canvas``, its equal that never builds the canvas.
+    """
+    check_image(image)
+    warn_crop(image, canvas, fail_if_larger)
     # A larger image is centre-cropped first (a view, no copy), as padding then augmenting
     # would: the rotation must not bring in tissue from outside the canvas.
-    h, w = image.shape[:2]
-    y0, x0 = max(0, -canvas_offset(h, canvas)), max(0, -canvas_offset(w, canvas))
-    image = image[y0:y0 + canvas, x0:x0 + canvas]
+    image = crop_to_canvas(image, canvas)
     matrix = geometry_matrix(image.shape, canvas, params)
     out = cv2.warpAffine(image, matrix[:2], (canvas, canvas),
                          flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
@@ -254,6 +343,13 @@ def augment(image, rng_or_seed, canvas, translate_px=500, fail_if_larger=False, 
     """
     return apply(image, sample_params(rng_or_seed, translate_px=translate_px, **ranges),
                  canvas, fail_if_larger=fail_if_larger)
+
+
+def augment_canvas(image, rng_or_seed, canvas, translate_px=500, fail_if_larger=False,
+                   **ranges):
+    """``augment`` in the ``Canvas`` form (``apply_canvas``): same draws, same pixels."""
+    return apply_canvas(image, sample_params(rng_or_seed, translate_px=translate_px, **ranges),
+                        canvas, fail_if_larger=fail_if_larger)
 
 
 def _peak_rss_gb():
