@@ -6,14 +6,17 @@ Layout of ``CACHE/``:
   ``mpp`` (µm/px of the cached image = the target mpp) and ``slide_mpp`` (µm per level-0 pixel
   that was used: the file's, or the manifest's ``mpp`` override, whose column this replaces),
   ``source_stamp`` (size and modification time of the slide and annotation files: a slide
-  rewritten under the same path, e.g. a regenerated synthetic cohort, is read again).
+  rewritten under the same path, e.g. a regenerated synthetic cohort, is read again) and
+  ``resample`` (the filter that made the image, ``data.slide.RESAMPLE_FILTERS``: a cache made
+  with one filter is re-prepared, not reused, when the other is asked for; an index from before
+  this column was made with ``area``, the only filter then).
 - one image per row: PNG (cv2, zlib level 1: lossless; the choice is measured in
   docs/benchmarks.md "## prepare") or ``.npy`` (``--format npy``; large, but memory-mappable).
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a killed
 run never leaves a half-written file under a final name. ``index.csv`` is rewritten after each
 slide, which makes a rerun resume: rows whose cached file exists with the recorded size (and the
-same slide, annotation and target mpp) are skipped.
+same slide, annotation, target mpp and resampling filter) are skipped.
 
 Under MPI (mpirun), rank r takes the pending rows r::size, writes its own ``index.part-<r>.csv``
 after each slide, and rank 0 merges them into ``index.csv`` after a barrier.
@@ -29,20 +32,25 @@ import time
 import numpy as np
 import pandas as pd
 
+from data.errors import InputError
 from data.files import atomic_write_bytes, atomic_write_csv, remove_temporaries
+from data.slide import RESAMPLE_FILTERS
 
 INDEX = "index.csv"
 EXTRA_COLUMNS = ("cache_file", "height", "width", "mpp", "slide_mpp")
 # Written by prepare, not needed to read the cache: an index without it is simply re-prepared.
 STAMP_COLUMN = "source_stamp"
+# The resampling filter of each image; absent from indexes written before it existed (area).
+RESAMPLE_COLUMN = "resample"
+LEGACY_RESAMPLE = "area"
 PNG_COMPRESSION = 1  # zlib level: 1 is ~3x smaller than raw on tissue and about as fast as 0
 
 
-class CacheError(ValueError):
+class CacheError(InputError):
     """A missing or damaged cache entry or index. Message names the file."""
 
 
-class PrepareError(ValueError):
+class PrepareError(InputError):
     """The manifest failed validation; ``problems`` lists every one."""
 
     def __init__(self, manifest, problems):
@@ -143,9 +151,35 @@ def load_index(cache_dir, split=None):
         df[c] = df[c].astype(int)
     for c in ("mpp", "slide_mpp"):
         df[c] = df[c].astype(float)
+    if RESAMPLE_COLUMN not in df.columns:
+        df[RESAMPLE_COLUMN] = LEGACY_RESAMPLE
+    df[RESAMPLE_COLUMN] = df[RESAMPLE_COLUMN].replace("", LEGACY_RESAMPLE)
     if "chemo" in df.columns:
         df["chemo"] = pd.to_numeric(df["chemo"], errors="coerce").astype("Int64")
     return df
+
+
+def check_made_with(index, cache_dir, target_mpp=None, resample=None):
+    """Raises CacheError when a row of ``index`` (from ``load_index``) was prepared at another
+    mpp or with another resampling filter than the configuration asks for; the message says how
+    to re-prepare. ``None`` skips that check."""
+    where = os.path.join(cache_dir, INDEX)
+    if target_mpp is not None:
+        target_mpp = float(target_mpp)
+        off = index[(index["mpp"] - target_mpp).abs() > 1e-6 * target_mpp]
+        if len(off):
+            raise CacheError("{}: {} row(s) prepared at {} um/px, not data.target_mpp {} (e.g. "
+                             "{}); rerun prepare with --target-mpp {}".format(
+                                 where, len(off), off["mpp"].iloc[0], target_mpp,
+                                 off["slide_id"].iloc[0], target_mpp))
+    if resample is not None:
+        column = index[RESAMPLE_COLUMN] if RESAMPLE_COLUMN in index.columns else None
+        off = index[column != resample] if column is not None else index.iloc[:0]
+        if len(off):
+            raise CacheError("{}: {} row(s) resampled with '{}', not data.resample '{}' (e.g. "
+                             "{}); rerun prepare with --resample {}".format(
+                                 where, len(off), off[RESAMPLE_COLUMN].iloc[0], resample,
+                                 off["slide_id"].iloc[0], resample))
 
 
 def read_cached(cache_dir, row_or_slide_id):
@@ -173,8 +207,8 @@ def read_cached(cache_dir, row_or_slide_id):
 def _mpi():
     """(comm, rank, size) when launched by mpirun, else (None, 0, 1). mpi4py is imported only
     then, so plain runs never initialise MPI."""
-    env = os.environ
-    if not any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")):
+    from data import mpi
+    if not mpi.launched():
         return None, 0, 1
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
@@ -183,12 +217,13 @@ def _mpi():
     return comm, comm.Get_rank(), comm.Get_size()
 
 
-def _entry_ok(cache_dir, old, new, target_mpp):
+def _entry_ok(cache_dir, old, new, target_mpp, resample):
     """Is the old index row a complete, matching cache of the new manifest row?"""
     try:
         same = (old["path"] == new["path"]
                 and old.get("annotation", "") == new.get("annotation", "")
                 and old.get(STAMP_COLUMN, "") == source_stamp(new)
+                and (old.get(RESAMPLE_COLUMN) or LEGACY_RESAMPLE) == resample
                 and abs(float(old["mpp"]) - target_mpp) <= 1e-9 * target_mpp)
         size = image_size(os.path.join(cache_dir, old["cache_file"]))
         return same and size == (int(old["height"]), int(old["width"]))
@@ -222,11 +257,11 @@ def source_stamp(row):
     return "|".join(parts)
 
 
-def _index_row(row, columns, cache_file, shape, target_mpp, slide_mpp):
+def _index_row(row, columns, cache_file, shape, target_mpp, slide_mpp, resample):
     out = {c: ("" if pd.isna(row[c]) else str(row[c])) for c in columns if c != "mpp"}
     out.update(cache_file=cache_file, height=str(shape[0]), width=str(shape[1]),
                mpp=repr(float(target_mpp)), slide_mpp=repr(float(slide_mpp)),
-               **{STAMP_COLUMN: source_stamp(row)})
+               **{STAMP_COLUMN: source_stamp(row), RESAMPLE_COLUMN: resample})
     return out
 
 
@@ -238,8 +273,10 @@ def _order(frame, manifest_ids):
 
 
 def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", progress=True,
-            log=None, max_strip_pixels=None):
-    """Read every (selected) manifest row once at ``target_mpp`` into ``cache_dir``.
+            log=None, max_strip_pixels=None, resample="area"):
+    """Read every (selected) manifest row once at ``target_mpp`` into ``cache_dir``, resampled
+    with ``resample`` ("area" or "cubic", see ``data.slide``; docs/fidelity.md, row
+    ``resample``). A row cached with another filter or mpp is read again.
 
     Validates the whole manifest first (raises PrepareError with every problem). Returns a dict:
     rows, cached (this run, all ranks), skipped, failed (list of one-line reasons), seconds,
@@ -254,6 +291,9 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
     target_mpp = float(target_mpp)
     if not target_mpp > 0:
         raise PrepareError(manifest_path, ["--target-mpp must be > 0, got {}".format(target_mpp)])
+    if resample not in RESAMPLE_FILTERS:
+        raise PrepareError(manifest_path, ["resample must be one of {}, got {!r}".format(
+            "/".join(RESAMPLE_FILTERS), resample)])
     df = load_manifest(manifest_path)
     base = os.path.dirname(os.path.abspath(manifest_path))
     problems = validate(df, base)
@@ -279,13 +319,16 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
     done, pending = [], []
     for _, r in rows.iterrows():
         o = old_rows.get(r["slide_id"])
-        (done if o is not None and _entry_ok(cache_dir, o, r, target_mpp) else pending).append(r)
+        (done if o is not None and _entry_ok(cache_dir, o, r, target_mpp, resample)
+         else pending).append(r)
     redo = {r["slide_id"] for r in pending}
     # Index rows kept as they are: valid ones of this manifest and those of other rows.
     kept = [] if old is None else [o for s, o in old_rows.items() if s not in redo]
     mine = pending[rank::size]
 
-    kw = {} if max_strip_pixels is None else dict(max_strip_pixels=max_strip_pixels)
+    kw = dict(resample=resample)
+    if max_strip_pixels is not None:
+        kw["max_strip_pixels"] = max_strip_pixels
     from tqdm import tqdm
     new, failed = [], []
     mp0 = mp_out = 0.0
@@ -312,7 +355,7 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
             continue
         name = cache_name(sid, fmt)
         atomic_write_bytes(os.path.join(cache_dir, name), encode_image(image, fmt))
-        new.append(_index_row(r, columns, name, image.shape, target_mpp, slide_mpp))
+        new.append(_index_row(r, columns, name, image.shape, target_mpp, slide_mpp, resample))
         mp0 += area0 / 1e6
         mp_out += image.shape[0] * image.shape[1] / 1e6
         bar.set_postfix(MPps="{:.1f}".format(mp0 / max(1e-9, time.time() - t0)))

@@ -11,7 +11,8 @@
   the stage (the paper's own categories); label = 0 for negative, 1 for itc/micro/macro: the paper
   counts ITC slides among its positives (500 positive = 439 macro + 56 micro + 5 ITC).
   split: seeded and patient-level (all nodes of a patient in one split, so no patient is in two
-  splits), stratified by the patient's pN stage; an extra column ``patient`` records it.
+  splits), stratified by the patient's pN stage; an extra column ``patient`` records it. These
+  splits are our choice (docs/fidelity.md, row ``camelyon-split``).
 
 A slide's file is looked for under the slide folder (recursively, case-insensitively, .tif or
 .tiff): CAMELYON16 ships ``test_001.tif`` for ``Test_001``, CAMELYON17 ``centre_k/`` subfolders.
@@ -23,12 +24,14 @@ import re
 import numpy as np
 import pandas as pd
 
+from data.errors import InputError
+
 SIZE_16 = {"macro": "macro", "micro": "micro", "none": "negative"}
 STAGES_17 = ("negative", "itc", "micro", "macro")
 COLUMNS = ["slide_id", "path", "label", "split", "size_category", "level"]
 
 
-class CamelyonError(ValueError):
+class CamelyonError(InputError):
     """A label file that is not what it should be. Message names the file and line."""
 
 

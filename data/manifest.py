@@ -14,15 +14,19 @@ import os
 
 import pandas as pd
 
+from data.errors import InputError
+
 REQUIRED = ("slide_id", "path", "label", "split")
 OPTIONAL = ("size_category", "subtype", "chemo", "level", "annotation", "mpp")
 SPLITS = ("train", "val", "test")
-SIZE_CATEGORIES = ("macro", "micro", "itc", "negative")
+# The paper's subgroups, the one home of these names (synth, table and figures use them).
+POSITIVE_SIZES = ("macro", "micro", "itc")     # metastasis size: macro, micro, isolated tumour cells
+SIZE_CATEGORIES = POSITIVE_SIZES + ("negative",)
 SUBTYPES = ("classical", "mucinous", "signet_poorly")
 LEVELS = ("slide", "node")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """The manifest file itself cannot be read as a CSV. Message names the file."""
 
 

@@ -4,19 +4,21 @@ The paper tested 538 single-node images cropped by hand from the test slides. He
 (GeoJSON ``Feature``, ``FeatureCollection``, a list of features as QuPath exports, or a bare
 ``Polygon``/``MultiPolygon``; coordinates in level-0 pixels, x right, y down) marks the node. The
 crop is the polygons' bounding box read at the target mpp; every pixel whose centre lies outside
-the polygons (or inside a hole) becomes white. All polygons of the file together form the node.
+the polygons (or inside a hole) becomes white, like the canvas padding (the paper does not say:
+docs/fidelity.md, row ``node-crop-white``). All polygons of the file together form the node.
 """
 import json
 
 import cv2
 import numpy as np
 
+from data.errors import InputError
 from data.slide import Slide, SlideError
 
 _SHIFT = 4  # cv2.fillPoly fractional bits: vertices placed to 1/16 of an output pixel
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """A GeoJSON file that holds no usable polygon. Message names the file."""
 
 

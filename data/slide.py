@@ -1,7 +1,8 @@
 """Whole-slide images through OpenSlide, read at a physical resolution (µm per pixel).
 
-The paper resizes 40x scans (NanoZoomer, 0.228 µm/px) to 4x, i.e. about 2.28 µm/px. Resampling by
-physical mpp instead of by objective makes any scanner work.
+The paper resizes 40x scans (NanoZoomer, 0.228 µm/px) to 4x, i.e. about 2.28 µm/px (it prints
+"22.5": docs/fidelity.md, row ``target-mpp``). Resampling by physical mpp instead of by objective
+makes any scanner work.
 
 Output size (pixels at ``target_mpp``), per axis::
 
@@ -17,13 +18,21 @@ How it is read:
   the antialiasing filter;
 - it is read in horizontal strips of at most ``max_strip_pixels`` level pixels, so memory is
   bounded by one strip plus the output (a 40x slide is 100k x 80k px: level 0 is never held);
-- the resize is the area (box) filter of cv2.INTER_AREA, written as a separable linear map
-  ``out = Ry . img . Rx^T`` with sparse matrices of overlap weights (``_resample_matrix``). Every
-  output row depends only on the source rows its box covers, so strips give the same numbers as
-  one read, and region boxes may start at fractional level pixels. Enlargement (target finer
-  than level 0) uses the same overlap weights, as cv2.INTER_AREA does;
+- ``resample="area"`` (the default): the area (box) filter of cv2.INTER_AREA, written as a
+  separable linear map ``out = Ry . img . Rx^T`` with sparse matrices of overlap weights
+  (``_resample_matrix``). Every output row depends only on the source rows its box covers, so
+  strips give the same numbers as one read, and region boxes may start at fractional level
+  pixels. Enlargement (target finer than level 0) uses the same overlap weights, as
+  cv2.INTER_AREA does. The paper names no filter; an area filter is the antialiasing one
+  (docs/fidelity.md, row ``resample``);
+- ``resample="cubic"``: the released code's way (aetherAI/whole-slide-cnn): the level region is
+  read whole (composited and rounded to uint8, strip by strip) and resized to the same output
+  size with ``cv2.resize(..., interpolation=cv2.INTER_CUBIC)`` (Keys a = -0.75, sample at
+  ``(i + 0.5) * s - 0.5``, no antialiasing when shrinking, edges replicated). A region box that
+  starts or ends at a fractional level pixel uses ``cv2.warpAffine`` with the same cubic kernel
+  and the same sampling positions instead. Memory: the level region as uint8 (3 bytes/px);
 - transparent pixels (OpenSlide's alpha: unscanned tiles, outside the slide) are composited onto
-  white: rgb * a/255 + 255 * (1 - a/255).
+  white: rgb * a/255 + 255 * (1 - a/255) (docs/fidelity.md, row ``glass-white``).
 """
 import math
 import os
@@ -32,14 +41,18 @@ import warnings
 import numpy as np
 import scipy.sparse
 
+from data.errors import InputError
+
 # Level pixels held per strip (RGBA uint8 + float32 copies: about 20 bytes/px => ~160 MB).
 DEFAULT_STRIP_PIXELS = 8 * 1024 * 1024
+# The resampling filters of ``Slide.read`` (docs/fidelity.md, row ``resample``).
+RESAMPLE_FILTERS = ("area", "cubic")
 # A level whose downsample exceeds the wanted one by this relative amount still counts as "equal"
 # (pyramid downsamples are often 4.0002 for an intended 4).
 _LEVEL_TOLERANCE = 1e-3
 
 
-class SlideError(Exception):
+class SlideError(InputError):
     """A slide that cannot be used. ``str(e)`` is one line: ``<path>: <reason>``."""
 
     def __init__(self, path, reason):
@@ -156,9 +169,15 @@ class Slide:
         return (x, y, w, h)
 
     # -- reading ------------------------------------------------------------------------------
-    def read(self, target_mpp, region=None, max_strip_pixels=DEFAULT_STRIP_PIXELS):
+    def read(self, target_mpp, region=None, max_strip_pixels=DEFAULT_STRIP_PIXELS,
+             resample="area"):
         """RGB uint8 (H, W, 3) at ``target_mpp`` µm/px of the whole slide or of ``region``
-        = (x, y, w, h) in level-0 pixels (may extend past the slide: that part is white)."""
+        = (x, y, w, h) in level-0 pixels (may extend past the slide: that part is white).
+        ``resample``: "area" (exact box filter, bounded memory) or "cubic" (cv2.INTER_CUBIC of
+        the level read, as the released code); see the module docstring."""
+        if resample not in RESAMPLE_FILTERS:
+            raise SlideError(self.path, "resample must be one of {}, got {!r}".format(
+                "/".join(RESAMPLE_FILTERS), resample))
         out_w, out_h = self.output_size(target_mpp, region)
         x0, y0, w0, h0 = self._region(region)
         level = self.best_level(target_mpp)
@@ -170,13 +189,16 @@ class Slide:
         sx0, sy0 = int(math.floor(bx0)), int(math.floor(by0))
         sw = int(math.ceil(bx0 + bw)) - sx0
         sh = int(math.ceil(by0 + bh)) - sy0
+        ds = self.level_downsamples[level]
+        if resample == "cubic":
+            return self._read_cubic(level, ds, (sx0, sy0, sw, sh), (bx0 - sx0, by0 - sy0, bw, bh),
+                                    (out_w, out_h), max_strip_pixels)
         rx = _resample_matrix(bx0 - sx0, bw, out_w, sw)          # (out_w, sw)
         ry = _resample_matrix(by0 - sy0, bh, out_h, sh)          # (out_h, sh)
         out = np.empty((out_h, out_w, 3), np.uint8)
         # Output rows per strip: their source rows must fit in max_strip_pixels.
         rows_per_out = max(1.0, bh / out_h)
         k = max(1, int(max_strip_pixels // max(1, sw) / rows_per_out) - 2)
-        ds = self.level_downsamples[level]
         for o0 in range(0, out_h, k):
             o1 = min(out_h, o0 + k)
             band = ry[o0:o1]
@@ -191,6 +213,35 @@ class Slide:
             res = res.reshape(out_w, o1 - o0, 3).transpose(1, 0, 2)
             out[o0:o1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
         return out
+
+    def _read_level_uint8(self, level, ds, sx0, sy0, sw, sh, max_strip_pixels):
+        """Level pixels [sx0, sx0+sw) x [sy0, sy0+sh) as uint8 RGB on white, read in strips."""
+        level_rgb = np.empty((sh, sw, 3), np.uint8)
+        rows = max(1, int(max_strip_pixels // max(1, sw)))
+        for r0 in range(0, sh, rows):
+            r1 = min(sh, r0 + rows)
+            rgb = self._read_rgb(level, ds, sx0, sy0 + r0, sw, r1 - r0)
+            level_rgb[r0:r1] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+        return level_rgb
+
+    def _read_cubic(self, level, ds, source, box, size, max_strip_pixels):
+        """cv2.INTER_CUBIC from the level read: ``source`` = (sx0, sy0, sw, sh) integer level
+        pixels, ``box`` = (x, y, w, h) the wanted box inside them (level pixels), ``size`` =
+        (out_w, out_h). An integer box is ``cv2.resize`` of the read (the released code's
+        call); a fractional one is ``cv2.warpAffine`` sampling output pixel i at source
+        ``x + (i + 0.5) * w / out_w - 0.5``, which is cv2.resize's own mapping moved by x."""
+        import cv2
+        sx0, sy0, sw, sh = source
+        bx, by, bw, bh = box
+        out_w, out_h = size
+        level_rgb = self._read_level_uint8(level, ds, sx0, sy0, sw, sh, max_strip_pixels)
+        if max(abs(bx), abs(by), abs(bw - sw), abs(bh - sh)) < 1e-6:   # the whole read
+            return cv2.resize(level_rgb, (out_w, out_h), interpolation=cv2.INTER_CUBIC)
+        s_x, s_y = bw / float(out_w), bh / float(out_h)
+        m = np.array([[s_x, 0.0, bx + 0.5 * s_x - 0.5], [0.0, s_y, by + 0.5 * s_y - 0.5]])
+        return cv2.warpAffine(level_rgb, m, (out_w, out_h),
+                              flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
 
     def _read_rgb(self, level, ds, lx, ly, w, h):
         """Level pixels [lx, lx+w) x [ly, ly+h) as float32 RGB composited onto white."""
@@ -285,12 +336,16 @@ def slide_info(path, mpp=None):
         return s.info()
 
 
-def read_slide(path, target_mpp, mpp=None, region=None, max_strip_pixels=DEFAULT_STRIP_PIXELS):
+def read_slide(path, target_mpp, mpp=None, region=None, max_strip_pixels=DEFAULT_STRIP_PIXELS,
+               resample="area"):
     """The slide at ``path`` as RGB uint8 (H, W, 3) at ``target_mpp`` µm/px, white background.
 
     ``mpp`` (µm per level-0 pixel) overrides the file's value and is needed when the file has
     none. ``region`` = (x, y, w, h) in level-0 pixels reads only that box. Size per axis:
-    round(level0_size * mpp / target_mpp). Raises ``SlideError`` naming the file on any failure.
+    round(level0_size * mpp / target_mpp). ``resample``: "area" (default) or "cubic" (the
+    released code's cv2.INTER_CUBIC; docs/fidelity.md, row ``resample``). Raises ``SlideError``
+    naming the file on any failure.
     """
     with Slide(path, mpp=mpp) as s:
-        return s.read(target_mpp, region=region, max_strip_pixels=max_strip_pixels)
+        return s.read(target_mpp, region=region, max_strip_pixels=max_strip_pixels,
+                      resample=resample)

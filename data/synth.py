@@ -35,10 +35,8 @@ import numpy as np
 import pandas as pd
 
 from data.files import atomic_path, atomic_write_csv, atomic_write_text
+from data.manifest import POSITIVE_SIZES as SIZE_CATEGORIES, SPLITS, SUBTYPES
 
-SIZE_CATEGORIES = ("macro", "micro", "itc")
-SUBTYPES = ("classical", "mucinous", "signet_poorly")
-SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("slide_id", "path", "label", "split", "size_category", "subtype", "chemo",
                     "level", "annotation", "mpp", "foci")
 

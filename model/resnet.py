@@ -14,13 +14,15 @@ import os
 
 import tensorflow as tf
 
+from data.errors import InputError
+
 # ImageNet means in BGR order: the "caffe" preprocessing that Keras' ResNet-50 weights expect.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 OUTPUT_STRIDE = 32
 FEATURES = 2048
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """The requested initial weights cannot be had (offline, or a bad path)."""
 
 

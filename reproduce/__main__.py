@@ -3,13 +3,32 @@
 Each command lives in its own module of this package with two functions, ``add_arguments(parser)``
 and ``run(args) -> int``. Modules are imported only when their command runs, so ``--help`` is fast
 and does not load TensorFlow.
+
+Only this entry point sets process-wide state, before any command imports a library:
+- TensorFlow's C++ log lines (cuInit failures, CPU features, device creation) are hidden with
+  ``TF_CPP_MIN_LOG_LEVEL=3`` unless ``--verbose`` (or the variable is already set), and so are
+  its Python deprecation warnings (the ``tensorflow`` logger at ERROR). The variable is
+  inherited by every child process (the demo's stages, ranks started by a local mpirun, bench's
+  measuring child); ranks on other hosts parse their own command line and decide the same way.
+- matplotlib draws with the Agg backend (files only, no display); the library's figure code
+  never selects a backend (``stats.figures``).
+
+Errors: a ``data.errors.InputError`` (bad input: a file, a field, a value; every user-facing
+error of the library and of ``reproduce.errors.UserError`` derives from it) is printed as one line
+``error: ...`` with exit status 2. Anything else is a bug and keeps its traceback.
 """
 import argparse
 import importlib
 import importlib.util
+import logging
+import os
 import sys
 
-from reproduce.errors import UserError
+from data.errors import InputError
+
+# TF_CPP_MIN_LOG_LEVEL: 0 all, 1 no INFO, 2 no WARNING, 3 no ERROR lines from TensorFlow's C++.
+QUIET_TF_LOG_LEVEL = "3"
+VERBOSE_TF_LOG_LEVEL = "0"
 
 # name -> (module, one-line help). Order is the order of a reproduction.
 COMMANDS = {
@@ -33,25 +52,46 @@ def _available():
     return found
 
 
+def quiet_logs(verbose):
+    """Sets the process-wide logging choices before TensorFlow or matplotlib load: TensorFlow's
+    C++ logging (hidden unless ``verbose``; an explicit TF_CPP_MIN_LOG_LEVEL is kept when not
+    verbose) and matplotlib's Agg backend (unless MPLBACKEND names one)."""
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = VERBOSE_TF_LOG_LEVEL
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_TF_LOG_LEVEL)
+        # TF's Python deprecation notices ("WARNING:tensorflow:From ...") go to this logger,
+        # which TensorFlow creates without a level of its own.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before any command module (and so TensorFlow) is imported: TF reads the level once.
+    quiet_logs("--verbose" in argv)
     commands = _available()
     parser = argparse.ArgumentParser(
         prog="python -m reproduce",
         description="Whole-slide ResNet-50 for nodal micrometastasis (Modern Pathology 2021), "
                     "reproduced on TensorFlow 1.15.3 + Horovod 0.19.0.")
+    verbose_help = "show TensorFlow's C++ log lines (hidden by default)"
+    parser.add_argument("--verbose", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    argv = sys.argv[1:] if argv is None else argv
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, text) in commands.items():
         p = sub.add_parser(name, help=text, description=text)
         if name == wanted:
             importlib.import_module(module).add_arguments(p)
+            # also after the command (`reproduce train ... --verbose`): same destination
+            p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help=verbose_help)
     args = parser.parse_args(argv)
     try:
         return importlib.import_module(commands[args.command][0]).run(args) or 0
-    except UserError as e:
-        print("error: {}".format(e), file=sys.stderr)
+    except InputError as e:
+        print("error: {}".format(str(e).replace("\n", " ")), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

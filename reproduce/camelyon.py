@@ -5,13 +5,33 @@
 
 CAMELYON16 test slides go to 'test' (training slides normal_/tumor_NNN.tif found under DIR are
 added to train/val); CAMELYON17 nodes get a seeded patient-level split stratified by pN stage.
-Label and size-category conventions: see ``data.camelyon``. Slides missing under DIR are
-listed and left out (``--keep-missing`` keeps them), and are an error with ``--strict``.
+Label and size-category conventions: see ``data.camelyon``. Slides missing under DIR are left
+out (``--keep-missing`` keeps them), and are an error with ``--strict``. The message gives their
+count and the first few names; the full list, one name a line, goes to ``<out stem>.missing.txt``
+beside the manifest (the CAMELYON16 reference names 130 test slides, the CAMELYON17 labels
+500 nodes: too many for one line).
 """
 import os
 import sys
 
 from reproduce.errors import UserError
+
+# Missing slide names shown in the message; the rest are in the .missing.txt file.
+SHOW_MISSING = 5
+
+
+def missing_list_path(out):
+    """The file beside the manifest ``out`` that lists every missing slide."""
+    return os.path.splitext(out)[0] + ".missing.txt"
+
+
+def missing_message(missing, labels, slides, list_path):
+    """One line: the count, the first SHOW_MISSING names, and the file with all of them."""
+    shown = ", ".join(missing[:SHOW_MISSING])
+    more = len(missing) - SHOW_MISSING
+    return "{} slide(s) of {} not found under {}: {}{}; full list in {}".format(
+        len(missing), labels, slides, shown,
+        " and {} more".format(more) if more > 0 else "", list_path)
 
 
 def add_arguments(parser):
@@ -36,8 +56,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from data.files import atomic_write_csv
-    from data.camelyon import CamelyonError, build_manifest
+    from data.files import atomic_write_csv, atomic_write_text
+    from data.camelyon import build_manifest
 
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
             and args.val_fraction + args.test_fraction < 1):
@@ -50,16 +70,19 @@ def run(args):
                                      test_fraction=args.test_fraction,
                                      include_train=not args.no_train, mpp=args.mpp,
                                      keep_missing=args.keep_missing)
-    except (CamelyonError, OSError) as e:
+    except OSError as e:
         raise UserError(str(e))
-    if missing:
-        print("{} slide(s) of {} not found under {}: {}".format(
-            len(missing), args.labels, args.slides, " ".join(missing)), file=sys.stderr)
-        if args.strict:
-            raise UserError("{} slide(s) missing under {} (--strict)".format(
-                len(missing), args.slides))
     folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(folder, exist_ok=True)
+    list_path = missing_list_path(args.out)
+    if missing:
+        atomic_write_text(list_path, "".join(name + "\n" for name in missing))
+        message = missing_message(missing, args.labels, args.slides, list_path)
+        if args.strict:
+            raise UserError(message + " (--strict)")
+        print(message, file=sys.stderr)
+    elif os.path.isfile(list_path):
+        os.remove(list_path)        # an older run's list would be stale
     atomic_write_csv(df, args.out)
     counts = df.groupby(["split", "label"]).size().to_dict() if len(df) else {}
     print("{}: {} slides ({}){}".format(

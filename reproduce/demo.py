@@ -99,9 +99,10 @@ class Runner:
         return stamp.get("command") == command and \
             stamp.get("inputs") == self.fingerprint(inputs)
 
-    def stage(self, stage, command, env=None, always=False, inputs=None, key=None):
+    def stage(self, stage, command, env=None, always=False, inputs=None, key=None, rerun=None):
         """Runs ``command`` unless its stamp says it ran with the same ``key`` (default: the
-        command) and ``inputs``."""
+        command) and ``inputs``. ``rerun``: a function giving the command that continues the
+        stage after a failure (default: ``command``), printed in the error so that it works."""
         printable = " ".join(shlex.quote(c) for c in command)
         key = command if key is None else key
         if not always and self.done(stage, key, inputs):
@@ -118,8 +119,9 @@ class Runner:
         rc = subprocess.call(command, env=merged)
         seconds = time.time() - t0
         if rc != 0:
+            again = command if rerun is None else rerun()
             raise UserError("demo stage '{}' failed (exit {}); rerun it with: {}".format(
-                stage, rc, printable))
+                stage, rc, " ".join(shlex.quote(c) for c in again)))
         atomic_write_text(self._stamp(stage), json.dumps({
             "command": key, "inputs": self.fingerprint(inputs), "seconds": round(seconds, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
@@ -193,6 +195,16 @@ def _resumable(runner, command, inputs, run_dir):
     return command
 
 
+def train_rerun(command, run_dir):
+    """The command that continues a failed training: with ``--resume`` once the run directory
+    holds a checkpoint (train refuses to start over on it), else the command itself."""
+    def again():
+        if "--resume" not in command and os.path.isfile(os.path.join(run_dir, "last.ckpt")):
+            return command + ["--resume"]
+        return command
+    return again
+
+
 def _train_log(run_dir):
     for name in ("train_log.csv", "log.csv"):
         path = os.path.join(run_dir, name)
@@ -234,7 +246,7 @@ def run(args):
         _summary(runner, p, p["table"])
         return 0
 
-    from reproduce.config import check_world_size, load_config
+    from model.config import check_world_size, load_config
     cfg = load_config(args.config, overrides={"out": p["train"]})   # checked before any work
     check_world_size(cfg, args.np)
     synthetic = args.manifest is None
@@ -249,7 +261,9 @@ def run(args):
     prepare = prepare_command(args, manifest, p["cache"], cfg["data"]["target_mpp"])
     runner.stage("prepare", prepare, inputs=[manifest])
     train = train_command(args, manifest, p["cache"], p["train"])
-    runner.stage("train", _resumable(runner, train, inputs, p["train"]), inputs=inputs, key=train)
+    train_now = _resumable(runner, train, inputs, p["train"])
+    runner.stage("train", train_now, inputs=inputs, key=train,
+                 rerun=train_rerun(train_now, p["train"]))
     runner.stage("predict", predict_command(args, manifest, p["cache"], p["train"],
                                             p["predict"]), inputs=inputs)
     predictions = os.path.join(p["predict"], "predictions.csv")

@@ -7,11 +7,12 @@ macro / micro / ITC, classical / mucinous / signet-poorly, and the chemotherapy 
     outputs 0.5, accuracy at the threshold (positive when probability >= threshold) with its
     Wilson and Wald 95% CIs, and the paper's value beside it with the difference.
 
-Subgroup AUC (size, subtype) = the subgroup's positives against ALL negatives of the level, as in
-the paper; accuracy of those rows is over the same cases. The chemo row is every case with
+Subgroup AUC (size, subtype) = the subgroup's positives against ALL negatives of the level:
+inferred, the paper does not say which negatives (docs/fidelity.md, row ``subgroup-negatives``);
+accuracy of those rows is over the same cases. The chemo row is every case with
 chemo = 1 (its own positives and negatives); the paper reports only its accuracy.
 
-Writes OUT/table.md, OUT/table.csv and the figures (reproduce/figures.py), then prints the
+Writes OUT/table.md, OUT/table.csv and the figures (stats/figures.py), then prints the
 Markdown table.
 """
 import math
@@ -20,21 +21,22 @@ import sys
 
 import numpy as np
 
+import stats
 from data.files import atomic_write_text
+from data.manifest import LEVELS, POSITIVE_SIZES as SIZE_GROUPS, SIZE_CATEGORIES
+from data.manifest import SUBTYPES as SUBTYPE_GROUPS
 from reproduce.errors import UserError
 
 PAPER_VALUES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_values.csv")
 THRESHOLDS = {"slide": 0.5, "node": 0.3}
 LEVEL_NAMES = {"slide": "Slide level", "node": "Single-lymph-node level"}
-SIZE_GROUPS = ("macro", "micro", "itc")
-SUBTYPE_GROUPS = ("classical", "mucinous", "signet_poorly")
 GROUP_NAMES = {"overall": "Overall", "macro": "Macrometastasis", "micro": "Micrometastasis",
                "itc": "Isolated tumour cells", "classical": "Classical adenocarcinoma",
                "mucinous": "Mucinous adenocarcinoma",
                "signet_poorly": "Signet ring / poorly differentiated", "chemo": "Preoperative chemo"}
 OPTIONAL = ("level", "size_category", "subtype", "chemo")
-ALLOWED = {"level": ("slide", "node"), "size_category": SIZE_GROUPS + ("negative",),
-           "subtype": SUBTYPE_GROUPS, "chemo": ("0", "1")}
+ALLOWED = {"level": LEVELS, "size_category": SIZE_CATEGORIES, "subtype": SUBTYPE_GROUPS,
+           "chemo": ("0", "1")}
 CSV_COLUMNS = ["level", "group", "n_pos", "n_neg", "auc", "auc_lower", "auc_upper",
                "auc_variance", "p_vs_dummy", "threshold", "accuracy_pct", "wilson_lower_pct",
                "wilson_upper_pct", "wald_lower_pct", "wald_upper_pct", "sensitivity_pct",
@@ -66,7 +68,7 @@ def run(args):
     df = load_predictions(args.predictions, args.manifest)
     log = None
     if args.log:
-        from reproduce import figures
+        from stats import figures
         log = figures.load_log(args.log)  # validate before any work
     paper = load_paper_values()
     rows, notes, cases = compute_rows(df, paper)
@@ -76,7 +78,7 @@ def run(args):
     atomic_write_text(os.path.join(args.out, "table.md"), md)
     written = []
     if not args.no_figures:
-        from reproduce import figures
+        from stats import figures
         written = figures.write_figures(cases, args.out, log=log, title=args.title)
     sys.stdout.write(md)
     print("wrote {} and {} figure(s) to {}".format("table.md, table.csv", len(written), args.out))
@@ -205,20 +207,18 @@ def case_sets(df):
             continue
         y, p = d["label"].values, d["probability"].values
         sets.append((level, "overall", y, p))
-        neg = y == 0
         for col, groups in (("size_category", SIZE_GROUPS), ("subtype", SUBTYPE_GROUPS)):
             if (d[col] == "").all():
                 notes.append("{}: no {} column/values; its rows are omitted.".format(
                     LEVEL_NAMES[level], col))
                 continue
             for g in groups:
-                sel = (y == 1) & (d[col].values == g)
-                if not sel.any():
+                cases = stats.subgroup_cases(y, p, d[col].values, g)  # vs ALL negatives
+                if cases is None:
                     notes.append("{}: no positive case with {} = {}; row skipped.".format(
                         LEVEL_NAMES[level], col, g))
                     continue
-                keep = sel | neg  # the subgroup's positives against ALL negatives
-                sets.append((level, g, y[keep], p[keep]))
+                sets.append((level, g) + cases)
         if (d["chemo"] == "").all():
             notes.append("{}: no chemo column/values; the chemo row is omitted.".format(
                 LEVEL_NAMES[level]))
@@ -233,27 +233,22 @@ def case_sets(df):
 
 
 def compute_row(level, group, y, p, paper=None):
-    """One row of the table as a dict with the CSV_COLUMNS keys (NaN where not defined)."""
-    import stats
+    """One row of the table as a dict with the CSV_COLUMNS keys (NaN where not defined):
+    stats.summarize's statistics, in percent, beside the paper's values."""
     nan = float("nan")
     thr = THRESHOLDS[level]
-    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    s = stats.summarize(y, p, thr)
+    n_pos, n_neg, wil, wald = s["n_pos"], s["n_neg"], s["wilson"], s["wald"]
     row = dict.fromkeys(CSV_COLUMNS, nan)
     row.update(level=level, group=group, n_pos=n_pos, n_neg=n_neg, threshold=thr,
                paper_note="")
-    if n_pos and n_neg:
-        ci = stats.auc_ci(y, p)
-        test = stats.delong_test(y, p, np.full(len(y), 0.5))
-        row.update(auc=ci.auc, auc_lower=ci.lower, auc_upper=ci.upper, auc_variance=ci.variance,
-                   p_vs_dummy=test.p)
-    correct = int(np.sum((p >= thr).astype(int) == y))
-    n = n_pos + n_neg
-    wil, wald = (stats.proportion_ci(correct, n, method=m) for m in ("wilson", "wald"))
-    row.update(accuracy_pct=100.0 * correct / n, wilson_lower_pct=100 * wil[0],
+    row.update({k: s[k] for k in ("auc", "auc_lower", "auc_upper", "auc_variance",
+                                  "p_vs_dummy")})
+    row.update(accuracy_pct=100.0 * s["correct"] / s["n"], wilson_lower_pct=100 * wil[0],
                wilson_upper_pct=100 * wil[1], wald_lower_pct=100 * wald[0],
                wald_upper_pct=100 * wald[1])
     if n_pos:
-        row["sensitivity_pct"] = 100.0 * np.sum(p[y == 1] >= thr) / n_pos
+        row["sensitivity_pct"] = 100.0 * s["detected"] / n_pos
     ref = (paper or {}).get((level, group))
     if ref:
         for ours, theirs in (("paper_auc", "auc"), ("paper_auc_lower", "auc_lower"),
@@ -292,7 +287,6 @@ def paper_ci_check(paper):
     97.75-99.25; Wald 97.75-99.25 (matches); Wilson 97.54-99.09 (differs)', and the list of
     methods ('Wald', 'Wilson') that match every printed CI.
     """
-    import stats
     lines, matching = [], ["Wald", "Wilson"]
     for (level, group), ref in sorted(paper.items()):
         if ref.get("accuracy_pct_lower") is None or ref.get("n") is None:
@@ -333,6 +327,13 @@ def _ci(v, lo, hi, fmt):
     return (fmt + " [" + fmt + "-" + fmt + "]").format(v, lo, hi)
 
 
+def _discussion_auc(paper, level, group):
+    """' (Discussion: 0.9967)' where the paper prints another AUC for the row elsewhere
+    (docs/fidelity.md, row overall-auc), else ''."""
+    alt = (paper.get((level, group)) or {}).get("auc_discussion")
+    return "" if alt is None else " (Discussion: {:.4f})".format(float(alt))
+
+
 def render_markdown(rows, notes, paper, title, source):
     checks, matching = paper_ci_check(paper)
     head = "Reproduction of the paper's results"
@@ -352,7 +353,8 @@ def render_markdown(rows, notes, paper, title, source):
             out.append("| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 GROUP_NAMES[r["group"]], r["n_pos"], r["n_neg"],
                 _ci(r["auc"], r["auc_lower"], r["auc_upper"], "{:.4f}"), _p(r["p_vs_dummy"]),
-                _ci(r["paper_auc"], r["paper_auc_lower"], r["paper_auc_upper"], "{:.4f}"),
+                _ci(r["paper_auc"], r["paper_auc_lower"], r["paper_auc_upper"], "{:.4f}") +
+                _discussion_auc(paper, level, r["group"]),
                 _f(r["auc_diff"], "{:+.4f}"), _f(r["accuracy_pct"], "{:.2f}"),
                 _f(r["wilson_lower_pct"], "{:.2f}") + "-" + _f(r["wilson_upper_pct"], "{:.2f}"),
                 _f(r["wald_lower_pct"], "{:.2f}") + "-" + _f(r["wald_upper_pct"], "{:.2f}"),
@@ -362,14 +364,16 @@ def render_markdown(rows, notes, paper, title, source):
         out.append("")
     out += ["Notes:", "",
             "- Subgroup AUC (size, subtype) = that subgroup's positives against ALL negatives of "
-            "the same level, as in the paper; n+/n-, accuracy and sensitivity of those rows are "
+            "the same level: inferred, the paper does not say which negatives (docs/fidelity.md, "
+            "row `subgroup-negatives`); n+/n-, accuracy and sensitivity of those rows are "
             "over the same cases.",
             "- Chemo row = every case with preoperative chemo(radio)therapy (its own positives "
             "and negatives); the paper reports its accuracy only.",
             "- AUC CI: DeLong (1988) variance by Sun & Xu (2014), normal approximation clipped "
             "to [0, 1]. p vs dummy: paired two-sided DeLong test against a model that always "
             "outputs 0.5.",
-            "- Accuracy: positive when probability >= threshold. The paper names Wilson's "
+            "- Accuracy: positive when probability >= threshold (the tie rule is inferred: "
+            "docs/fidelity.md, row `thresholds`). The paper names Wilson's "
             "method for its accuracy CIs; the interval that reproduces its printed CIs (to 2 "
             "decimals of %) is: {}. Both are given above.".format(" and ".join(matching) or "neither")]
     out += ["  - " + line for line in checks]

@@ -168,18 +168,6 @@ def delong_test(y_true, score_a, score_b):
     return DelongTest(float(z), min(p, 1.0), float(aucs[0]), float(aucs[1]), var)
 
 
-def roc_curve(y_true, y_score):
-    """ROC points (fpr, tpr), one per distinct threshold from the highest score down, starting
-    at (0, 0) and ending at (1, 1); tied scores move along a diagonal step (ties count half)."""
-    y, (s,) = check_binary(y_true, y_score)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.shape[0] - 1]  # last index of each run
-    tp = np.cumsum(y)[last]
-    fp = (last + 1) - tp
-    return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
-
-
 def _check_alpha(alpha):
     if not 0.0 < alpha < 1.0:
         raise ValueError("alpha must lie in (0, 1), got {!r}".format(alpha))

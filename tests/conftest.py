@@ -6,7 +6,8 @@
   sha256, and cached under $WSI_TEST_CACHE or ~/.cache/wsi-micromet/. Skips only when pip cannot
   reach a registry.
 - ``write_aperio``: a function writing a small Aperio-style pyramidal TIFF that OpenSlide reads
-  with its mpp (the recipe of SPEC "Data").
+  with its mpp (the recipe in docs/fidelity.md, row ``synthetic-cohort``; the test slide's facts
+  are in row ``test-slide``).
 """
 import hashlib
 import os

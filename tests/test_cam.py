@@ -6,16 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from reproduce import cam
+from model import cam
+from model.loss import sigmoid
 
 
 # --------------------------------------------------------------------------- geometry
 
-def test_canvas_offset_matches_centre_pad_and_crop():
+def test_image_offset_matches_centre_pad_and_crop():
     rng = np.random.RandomState(0)
     for h, w, canvas in [(40, 70, 96), (96, 96, 96), (130, 50, 96), (97, 200, 64)]:
         image = rng.randint(0, 255, (h, w, 3)).astype(np.uint8)
-        top, left = cam.canvas_offset(h, w, canvas)
+        top, left = cam.image_offset((h, w), canvas)
         # Build the canvas independently: crop the image centrally, then pad it centrally.
         cy0 = (h - canvas) // 2 if h > canvas else 0
         cx0 = (w - canvas) // 2 if w > canvas else 0
@@ -29,19 +30,6 @@ def test_canvas_offset_matches_centre_pad_and_crop():
         inside = (cy >= 0) & (cy < canvas) & (cx >= 0) & (cx < canvas)
         assert inside.sum() == min(h, canvas) * min(w, canvas)
         np.testing.assert_array_equal(board[cy[inside], cx[inside]], image[ys[inside], xs[inside]])
-
-
-def test_canvas_offset_is_the_pipelines():
-    """The CAM's geometry uses the same centre-pad/crop offsets as the tf.data pipeline."""
-    from data.augment import canvas_offset, pad_to_canvas
-    for size in range(1, 200, 3):
-        for canvas in (32, 64, 96, 160):
-            assert cam.canvas_offset(size, size + 1, canvas) == (
-                canvas_offset(size, canvas), canvas_offset(size + 1, canvas))
-    image = np.random.RandomState(5).randint(0, 255, (50, 70, 3)).astype(np.uint8)
-    top, left = cam.canvas_offset(50, 70, 96)
-    board = pad_to_canvas(image, 96)
-    np.testing.assert_array_equal(board[top:top + 50, left:left + 70], image)
 
 
 def test_level0_round_trip_and_pixel_centres():
@@ -66,7 +54,7 @@ def test_upsample_equals_bicubic_resize_without_padding():
 def test_hot_cell_lands_on_its_image_pixels():
     """A single hot grid cell, through padding, maps back to the image pixels it covers."""
     h, w, canvas = 150, 90, 224
-    top, left = cam.canvas_offset(h, w, canvas)
+    top, left = cam.image_offset((h, w), canvas)
     grid = np.zeros((canvas // 32, canvas // 32), np.float32)
     i, j = 4, 3
     grid[i, j] = 1.0
@@ -85,7 +73,7 @@ def test_hot_cell_lands_on_its_image_pixels():
 def test_regions_in_level0_coordinates():
     """A block of hot cells becomes one polygon whose level-0 bounds match the block."""
     h, w, canvas = 192, 256, 256
-    top, left = cam.canvas_offset(h, w, canvas)  # (32, 0)
+    top, left = cam.image_offset((h, w), canvas)  # (32, 0)
     logit = np.full((canvas // 32, canvas // 32), -6.0, np.float32)
     logit[3:5, 2:6] = 6.0  # canvas rows 96..159, cols 64..191 -> image rows 64..127
     target_mpp, level0_mpp, origin = 2.0, 0.5, (1000.0, 2000.0)
@@ -149,7 +137,7 @@ def test_cam_mean_is_the_logit(tiny_model):
     assert cam_grid.shape == (3, 5)
     assert abs(cam_grid.astype(np.float64).mean() - logit) <= 1e-5 * max(1.0, abs(logit))
     prob = float(tiny_model(tf.constant(image, tf.float32)).numpy()[0, 0])
-    assert abs(prob - float(cam.sigmoid(logit))) <= 1e-5
+    assert abs(prob - float(sigmoid(logit))) <= 1e-5
 
 
 def test_strategy_predict_cam_mean_is_the_logit(tiny_model):
@@ -160,7 +148,7 @@ def test_strategy_predict_cam_mean_is_the_logit(tiny_model):
     grid = np.asarray(out["cam"], dtype=np.float64)
     assert grid.shape == (4, 3)
     assert abs(grid.mean() - out["logit"]) <= 1e-5 * max(1.0, abs(out["logit"]))
-    assert abs(out["probability"] - float(cam.sigmoid(out["logit"]))) <= 1e-5
+    assert abs(out["probability"] - float(sigmoid(out["logit"]))) <= 1e-5
 
 
 # --------------------------------------------------------------------------- on synthetic foci
@@ -227,7 +215,7 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path):
             rings = [cam.level0_to_image(r, target_mpp, row["slide_mpp"])
                      for r in _outer_rings(os.path.join(cohort, "foci", sid + ".geojson"))]
             cv2.fillPoly(truth, [np.round(r).astype(np.int32) for r in rings], 1)
-        top, left = cam.canvas_offset(image.shape[0], image.shape[1], canvas)
+        top, left = cam.image_offset((image.shape[0], image.shape[1]), canvas)
         board = np.zeros((canvas, canvas), np.float32)
         board[top:top + image.shape[0], left:left + image.shape[1]] = truth
         cells = board.reshape(canvas // 32, 32, canvas // 32, 32).mean(axis=(1, 3))
@@ -285,3 +273,18 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path):
     # Every held-out focus is hit; how much of it depends on the probe (seen: 0.05-0.70).
     assert min(recall) > 0.0 and np.mean(recall) > 0.25, (recall, detail)
     assert len(pred) == len(held_ids)
+
+
+def test_overlay_leaves_matplotlib_backend_alone(tmp_path):
+    """Library code draws on its own Agg canvas: a notebook's backend stays as it was."""
+    import matplotlib
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        image = np.full((64, 96, 3), 230, np.uint8)
+        path = cam.write_overlay(image, np.random.RandomState(0).rand(64, 96),
+                                 str(tmp_path / "o.png"), "t")
+        assert cv2.imread(path) is not None
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)

@@ -87,10 +87,35 @@ def test_cli_camelyon16_real_reference_lists_missing(tmp_path, capsys):
     assert list(df["slide_id"]) == ["Test_001", "Test_002"] and (df["split"] == "test").all()
     assert list(df["label"]) == [int(raw[1][i] == "Tumor") for i in (0, 1)]
     err = capsys.readouterr().err
-    assert "{} slide(s)".format(len(raw) - 2) in err and "Test_130" in err
+    listing = tmp_path / "m.missing.txt"
+    # one line: the count, the first five names, and the file that holds them all
+    assert err.count("\n") == 1 and len(err) < 400
+    assert "{} slide(s)".format(len(raw) - 2) in err
+    assert "Test_003, Test_004, Test_005, Test_006, Test_007 and 123 more" in err
+    assert "Test_130" not in err and str(listing) in err
+    assert listing.read_text().splitlines() == ["Test_{:03d}".format(i) for i in range(3, 131)]
     rc = main(["camelyon", "--labels", C16, "--slides", str(slides), "--out", str(out),
                "--strict"])
     assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "128 slide(s)" in err and "(--strict)" in err
+    # all slides present: no list, and a stale one is removed
+    _touch(slides, *("test_{:03d}.tif".format(i) for i in range(3, 131)))
+    assert main(["camelyon", "--labels", C16, "--slides", str(slides), "--out", str(out)]) == 0
+    assert not listing.exists()
     rc = main(["camelyon", "--labels", str(tmp_path / "nope.csv"), "--slides", str(slides),
                "--out", str(out)])
     assert rc == 2 and "nope.csv" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isfile(C17), reason="CAMELYON17 labels not at " + C17)
+def test_cli_camelyon17_without_slides_names_the_list(tmp_path, capsys):
+    (tmp_path / "slides").mkdir()
+    out = tmp_path / "c17.csv"
+    assert main(["camelyon", "--labels", C17, "--slides", str(tmp_path / "slides"), "--out",
+                 str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("500 slide(s)") and len(err) < 400
+    assert "and 495 more; full list in {}".format(tmp_path / "c17.missing.txt") in err
+    names = (tmp_path / "c17.missing.txt").read_text().splitlines()
+    assert len(names) == len(set(names)) == 500 and names[0] == "patient_000_node_0"

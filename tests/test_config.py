@@ -1,4 +1,4 @@
-"""reproduce.config: every shipped config loads; bad ones fail with one line naming the key."""
+"""model.config: every shipped config loads; bad ones fail with one line naming the key."""
 import os
 import subprocess
 import sys
@@ -6,8 +6,8 @@ import sys
 import pytest
 import yaml
 
-from reproduce.config import load_config
-from reproduce.errors import UserError
+from model.config import load_config
+from model.config import ConfigError as UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,6 +64,7 @@ def test_defaults_and_overrides(tmp_path):
     (lambda c: c["train"].update(reduced_learning_rate=1.0), "train.reduced_learning_rate"),
     (lambda c: c["train"].update(augment="yes"), "train.augment"),
     (lambda c: c.pop("out"), "out"),
+    (lambda c: c["train"].update(on_plateau="restart"), "train.on_plateau"),
 ])
 def test_bad_configs_name_the_key(tmp_path, mutate, key):
     data = _good()
@@ -89,3 +90,37 @@ def test_cli_bad_config_is_one_line_before_any_work(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "data.canvas" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_data_resample_switch(tmp_path):
+    cfg = load_config(_write(tmp_path, _good()))
+    assert cfg["data"]["resample"] == "area"          # the default: the exact area filter
+    assert load_config(os.path.join(ROOT, "configs", "paper.yaml"))["data"]["resample"] == "area"
+    good = _good()
+    good["data"]["resample"] = "cubic"                # the released code's cv2.INTER_CUBIC
+    assert load_config(_write(tmp_path, good))["data"]["resample"] == "cubic"
+    good["data"]["resample"] = "lanczos"
+    with pytest.raises(UserError, match=r"c\.yaml: data\.resample: must be one of area, cubic"):
+        load_config(_write(tmp_path, good))
+
+
+def test_config_as_a_dict(tmp_path):
+    """fit(config) takes a dict too: the same checks, the same defaults, named as a dict."""
+    cfg = load_config(_good(), overrides={"train.max_epochs": 3})
+    assert cfg["train"]["max_epochs"] == 3 and cfg["train"]["on_plateau"] == "keep"
+    assert cfg == load_config(_write(tmp_path, _good()), overrides={"train.max_epochs": 3})
+    again = load_config(cfg)                       # a loaded config is checked again, as is
+    assert again == cfg and again.path == cfg.path
+    bad = _good()
+    bad["train"]["on_plateau"] = "sometimes"
+    with pytest.raises(UserError, match="<config dict>: train.on_plateau"):
+        load_config(bad)
+    with pytest.raises(UserError, match="train.bogus"):
+        load_config(_good(), overrides={"train.bogus": 1})
+
+
+def test_strategy_names_have_one_home():
+    from model.strategy import NAMES
+    from model import config
+    assert config.SCHEMA["train"]["strategy"][1]("streaming") is None
+    assert "one of " + ", ".join(NAMES) in config.SCHEMA["train"]["strategy"][1]("gpu")

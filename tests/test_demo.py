@@ -109,3 +109,29 @@ def test_training_resumes_or_moves_other_runs_aside(tmp_path):
     assert _resumable(runner, cmd, [str(config)], run_dir) == cmd
     assert not os.path.exists(os.path.join(run_dir, "last.ckpt"))
     assert [d for d in os.listdir(str(tmp_path)) if d.startswith("train.old-")]
+
+
+def test_failed_training_hint_works_as_printed(tmp_path):
+    """A training that dies after its first checkpoint: the printed command continues it."""
+    import shlex
+    from reproduce.demo import Runner, train_rerun
+    from reproduce.errors import UserError
+    from tests.test_train import make_cohort, write_config
+    make_cohort(str(tmp_path / "cache"), n_train=2, n_val=2)
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path, run_dir, batch_size=1, iterations_per_epoch=2,
+                          max_epochs=1, checkpoint_every=1)
+    command = [sys.executable, "-m", "reproduce", "train", "--config", config]
+    runner = Runner(str(tmp_path / "demo"))
+    # Rank 0 exits before iteration 1, after the checkpoint of iteration 1.
+    with pytest.raises(UserError) as e:
+        runner.stage("train", command, env={"REPRODUCE_FAULT": "0:1:exit"},
+                     rerun=train_rerun(command, str(run_dir)))
+    assert os.path.isfile(str(run_dir / "last.ckpt"))
+    hint = str(e.value).split("rerun it with: ", 1)[1]
+    p = subprocess.run(shlex.split(hint), cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, universal_newlines=True, timeout=300,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming in epoch 1 after iteration 1" in p.stderr
+    assert os.path.isfile(str(run_dir / "best.ckpt"))

@@ -51,7 +51,7 @@ def _predict(c, out, *extra):
 
 def test_predictions_csv_and_cams(cohort):
     from data.cache import load_index, read_cached
-    from reproduce.predict import to_canvas
+    from data.augment import pad_to_canvas
     out = str(cohort["root"] / "out")
     assert _predict(cohort, out, "--cache", cohort["cache"], "--cam", "--cam-tiff") == 0
     pred = pd.read_csv(os.path.join(out, "predictions.csv"))
@@ -66,7 +66,7 @@ def test_predictions_csv_and_cams(cohort):
     # The probability is the model on the canvas built from the cached image.
     index = load_index(cohort["cache"]).set_index("slide_id", drop=False)
     sid = pred["slide_id"].iloc[0]
-    image = to_canvas(read_cached(cohort["cache"], index.loc[sid]), CANVAS)
+    image = pad_to_canvas(read_cached(cohort["cache"], index.loc[sid]), CANVAS)
     direct = float(cohort["model"](image[None].astype(np.float32)).numpy()[0, 0])
     assert abs(direct - pred["probability"].iloc[0]) <= 1e-5
     # One PNG, GeoJSON and TIFF per row; GeoJSON vertices inside the slide (level-0 px).
@@ -115,3 +115,76 @@ def test_bad_inputs_are_one_line_errors(cohort, capsys, tmp_path):
     rc = main(["predict", "--checkpoint", cohort["ckpt"], "--manifest", cohort["manifest"],
                "--config", cohort["config"], "--out", str(tmp_path / "o"), "--split", "nosuch"])
     assert rc == 2 and "nosuch" in capsys.readouterr().err
+
+
+def _one_line(capsys, rc, name):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and name in err[0] and "Traceback" not in err[0], err
+
+
+def test_damaged_or_foreign_checkpoint_is_one_line(cohort, capsys, tmp_path):
+    from reproduce.__main__ import main
+    with open(cohort["ckpt"], "rb") as f:
+        data = f.read()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[:len(data) // 2])           # a copy interrupted halfway
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0xFF                   # a bit error inside an array
+    bad = tmp_path / "bitrot.ckpt"
+    bad.write_bytes(bytes(flipped))
+    for path in (cut, bad, cohort["config"], cohort["manifest"]):
+        rc = main(["predict", "--checkpoint", str(path), "--manifest", cohort["manifest"],
+                   "--config", cohort["config"], "--out", str(tmp_path / "o")])
+        _one_line(capsys, rc, os.path.basename(str(path)))
+
+
+def test_home_relative_manifest_paths(cohort, monkeypatch, tmp_path):
+    """``~/...`` in a manifest: validation and reading resolve it the same way."""
+    import shutil
+    home = tmp_path / "home"
+    shutil.copytree(os.path.dirname(cohort["manifest"]), str(home / "cohort"))
+    monkeypatch.setenv("HOME", str(home))
+    manifest = pd.read_csv(cohort["manifest"], dtype=str, keep_default_na=False)
+    for col in ("path", "annotation"):
+        manifest[col] = ["~/cohort/" + v if v else "" for v in manifest[col]]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    manifest.to_csv(str(elsewhere / "m.csv"), index=False)
+    cfg = str(tmp_path / "nocache.yaml")    # no cache: predict reads the slides themselves
+    with open(cohort["config"]) as f:
+        text = f.read().replace(cohort["cache"], str(tmp_path / "none"))
+    with open(cfg, "w") as f:
+        f.write(text)
+    out = str(tmp_path / "o")
+    assert _predict(dict(cohort, manifest=str(elsewhere / "m.csv"), config=cfg), out) == 0
+    pred = pd.read_csv(os.path.join(out, "predictions.csv"))
+    assert len(pred) == (manifest["split"] == "test").sum()
+
+
+def test_predict_slide_api_matches_the_command(cohort, tmp_path):
+    """The Python API: a path or an (image, mpp) pair; the same numbers as `predict`."""
+    from data.cache import load_index, read_cached
+    from model.cam import export_prediction, prediction_regions
+    from reproduce import predict_slide
+    out = str(tmp_path / "cli")
+    assert _predict(cohort, out, "--cache", cohort["cache"]) == 0
+    pred = pd.read_csv(os.path.join(out, "predictions.csv")).set_index("slide_id")
+    index = load_index(cohort["cache"]).set_index("slide_id", drop=False)
+    row = index.loc[pred.index[pred["level"] == "slide"][0]]
+    image = read_cached(cohort["cache"], row)
+    result = predict_slide(cohort["model"], (image, TARGET_MPP), config=cohort["config"],
+                           cam=True)
+    assert abs(result.probability - pred.loc[row["slide_id"], "probability"]) <= 1e-6
+    assert abs(result.probability - 1 / (1 + np.exp(-result.logit))) <= 1e-9
+    assert result.cam.shape == (CANVAS // 32, CANVAS // 32)
+    assert abs(float(result.cam.astype(np.float64).mean()) - result.logit) <= 1e-4
+    assert result.image_shape == image.shape[:2] and result.level0_mpp == TARGET_MPP
+    # From the slide file: read at target_mpp here, level-0 geometry from the file.
+    from_file = predict_slide(cohort["ckpt"], row["path"], target_mpp=TARGET_MPP,
+                              canvas=CANVAS, strategy="direct", cam=True)
+    assert abs(from_file.probability - result.probability) <= 1e-6
+    assert from_file.level0_mpp == pytest.approx(row["slide_mpp"])
+    paths = export_prediction(from_file, str(tmp_path / "cam"), "one", threshold=0.5)
+    with open(paths["geojson"]) as f:
+        assert json.load(f) == json.loads(json.dumps(prediction_regions(from_file, 0.5)))
+    assert os.path.getsize(paths["png"]) > 0

@@ -180,3 +180,69 @@ def test_two_mpi_ranks(tmp_path):
             assert np.array_equal(read_cached(str(cache), row), read_slide(row["path"], 0.6))
     node = crop_node(str(tmp_path / "s0.svs"), str(tmp_path / "node.geojson"), 0.6)
     assert np.array_equal(read_cached(str(cache), "n0"), node)
+
+
+def _summary(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_resample_filter_is_recorded_and_a_change_reprepares(tmp_path, capsys):
+    from data.cache import check_made_with
+    manifest = _cohort(tmp_path, n=2)
+    cache = str(tmp_path / "cache")
+    args = ["prepare", "--manifest", manifest, "--out", cache, "--target-mpp", "0.6",
+            "--no-progress"]
+    assert main(args) == 0                                   # default: area
+    assert _summary(capsys)["resample"] == "area"
+    index = load_index(cache)
+    assert (index["resample"] == "area").all()
+    area = read_cached(cache, "s0")
+    check_made_with(index, cache, target_mpp=0.6, resample="area")
+    with pytest.raises(CacheError, match="resampled with 'area', not data.resample 'cubic'"):
+        check_made_with(index, cache, resample="cubic")
+
+    assert main(args + ["--resample", "cubic"]) == 0         # another filter: read again
+    s = _summary(capsys)
+    assert (s["cached"], s["skipped"], s["resample"]) == (3, 0, "cubic")
+    index = load_index(cache)
+    assert (index["resample"] == "cubic").all()
+    cubic = read_cached(cache, "s0")
+    assert np.array_equal(cubic, read_slide(str(tmp_path / "s0.svs"), 0.6, resample="cubic"))
+    assert cubic.shape == area.shape and not np.array_equal(cubic, area)
+    node = read_cached(cache, "n0")
+    assert np.array_equal(node, crop_node(str(tmp_path / "s0.svs"), str(tmp_path / "node.geojson"),
+                                          0.6, resample="cubic"))
+    assert main(args + ["--resample", "cubic"]) == 0         # same filter: nothing to do
+    assert (_summary(capsys)["skipped"]) == 3
+
+    # an index written before the column existed was made with area, the only filter then:
+    # kept for area, read again for cubic
+    assert main(args) == 0
+    assert _summary(capsys)["cached"] == 3
+    raw = pd.read_csv(os.path.join(cache, "index.csv"), dtype=str, keep_default_na=False)
+    raw.drop(columns="resample").to_csv(os.path.join(cache, "index.csv"), index=False)
+    assert (load_index(cache)["resample"] == "area").all()
+    assert main(args) == 0
+    assert _summary(capsys)["skipped"] == 3
+    assert main(args + ["--resample", "cubic"]) == 0
+    assert _summary(capsys)["cached"] == 3
+
+
+def test_prepare_takes_cache_mpp_and_filter_from_the_config(tmp_path, capsys):
+    manifest = _cohort(tmp_path, n=2)
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  cache: {}\n  target_mpp: 0.75\n  canvas: 512\n"
+                      "  resample: cubic\nout: {}\n".format(tmp_path / "cache", tmp_path / "run"))
+    assert main(["prepare", "--config", str(config), "--manifest", manifest,
+                 "--no-progress"]) == 0
+    s = _summary(capsys)
+    assert (s["resample"], s["target_mpp"], s["cached"]) == ("cubic", 0.75, 3)
+    index = load_index(str(tmp_path / "cache"))
+    assert (index["resample"] == "cubic").all() and (index["mpp"] == 0.75).all()
+    # a flag wins over the config
+    assert main(["prepare", "--config", str(config), "--manifest", manifest, "--resample",
+                 "area", "--no-progress"]) == 0
+    assert _summary(capsys)["resample"] == "area"
+    config.write_text(config.read_text().replace("cubic", "bilinear"))
+    assert main(["prepare", "--config", str(config), "--manifest", manifest]) == 2
+    assert "data.resample: must be one of area, cubic" in capsys.readouterr().err

@@ -180,3 +180,59 @@ def test_node_crop_is_box_at_target_mpp_and_white_outside(tmp_path):
     (tmp_path / "bad.geojson").write_text("{not json")
     with pytest.raises(AnnotationError, match="bad.geojson"):
         load_polygons(str(tmp_path / "bad.geojson"))
+
+
+# -- the resampling filter (docs/fidelity.md, row resample) ------------------------------------
+def _level_rgb(path, level):
+    """A whole pyramid level as RGB composited on white, straight from OpenSlide."""
+    s = openslide.OpenSlide(path)
+    try:
+        rgba = np.asarray(s.read_region((0, 0), level, s.level_dimensions[level]))
+    finally:
+        s.close()
+    return np.rint(composite_on_white(rgba)).astype(np.uint8)
+
+
+def test_cmu_cubic_is_cv2_inter_cubic_and_differs_from_area(cmu_small_region):
+    area = read_slide(cmu_small_region, 2.0)
+    cubic = read_slide(cmu_small_region, 2.0, resample="cubic")
+    assert cubic.shape == area.shape and cubic.dtype == np.uint8
+    ref = cv2.resize(_level_rgb(cmu_small_region, 0), (area.shape[1], area.shape[0]),
+                     interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(cubic, ref)
+    # the two filters are not the same image: cubic samples 4 taps, area averages ~16 px
+    diff = np.abs(area.astype(int) - cubic)
+    assert diff.max() > 10 and diff.mean() > 0.5
+    # both see the same tissue: close on average
+    assert diff.mean() < 10
+
+
+def test_cubic_reads_the_same_level_as_area_and_resizes_it(tmp_path):
+    path = aperio_tiff(tmp_path / "p.svs", pyramid(tissue(512, 640, seed=3), 3), mpp=0.25)
+    with Slide(path) as s:
+        level = s.best_level(1.3)             # wanted downsample 5.2: level 2 (4x)
+        assert level == 2
+        size = s.output_size(1.3)
+        cubic = s.read(1.3, resample="cubic", max_strip_pixels=160 * 20)   # level read in strips
+    ref = cv2.resize(_level_rgb(path, 2), size, interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(cubic, ref)
+    area = read_slide(path, 1.3)
+    assert area.shape == cubic.shape and not np.array_equal(area, cubic)
+
+
+def test_cubic_region_box_and_bad_filter(tmp_path):
+    path = aperio_tiff(tmp_path / "r.svs", pyramid(tissue(512, 640, seed=4), 2), mpp=0.25)
+    # a box on whole pixels of the level read (level 1 for 0.7 um/px): cv2.resize of that crop
+    box = (64, 32, 320, 240)                          # level 1: (32, 16, 160, 120)
+    part = read_slide(path, 0.7, region=box, resample="cubic")
+    crop = _level_rgb(path, 1)[16:16 + 120, 32:32 + 160]
+    assert np.array_equal(part, cv2.resize(crop, (114, 86), interpolation=cv2.INTER_CUBIC))
+    # a box at half a pixel of level 1 (41 / 2): warpAffine with the same kernel; same size as
+    # the area read and the same picture within a few grey levels on smooth tissue
+    odd = (41, 33, 300, 200)
+    cubic = read_slide(path, 1.0, region=odd, resample="cubic")
+    area = read_slide(path, 1.0, region=odd)
+    assert cubic.shape == area.shape == (50, 75, 3)
+    assert np.abs(cubic.astype(int) - area).mean() < 4 and not np.array_equal(cubic, area)
+    with pytest.raises(SlideError, match="r.svs: resample must be one of area/cubic"):
+        read_slide(path, 1.0, resample="lanczos")

@@ -94,7 +94,7 @@ def test_rows_subgroups_and_paper_values(tmp_path, capsys):
     assert md in capsys.readouterr().out
 
 
-def test_paper_values_file_holds_the_spec_numbers():
+def test_paper_values_file_holds_the_papers_numbers():
     paper = load_paper_values()
     assert paper[("slide", "overall")]["auc"] == 0.9957
     assert (paper[("slide", "overall")]["auc_lower"], paper[("slide", "overall")]["auc_upper"]) \

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from reproduce.train import bce, new_state, schedule_step
+from model.loss import bce
+from model.training import new_state, schedule_step
 from tests.mpi import mpi_env, mpirun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +93,34 @@ def test_schedule_reduces_then_stops():
     assert capped["done"]
 
 
+def test_schedule_min_delta_and_rollback_rule():
+    """on_plateau rollback counts an epoch as better only below best - 1e-4 (keep: any lower)."""
+    from model.training import ROLLBACK_MIN_DELTA
+    cfg = {"train": {"learning_rate": 1e-5, "seed": 0, "batch_size": 8}}
+    keep, roll = new_state(cfg, 1), new_state(cfg, 1)
+    for loss in (0.5, 0.49995, 0.49990):
+        schedule_step(keep, loss, patience=2, reduced_learning_rate=1e-6)
+        schedule_step(roll, loss, patience=2, reduced_learning_rate=1e-6,
+                      min_delta=ROLLBACK_MIN_DELTA)
+    # keep: every epoch lower -> best is the last; rollback: 5e-5 steps are no improvement.
+    assert keep["best_epoch"] == 2 and keep["phase"] == 0 and keep["bad_epochs"] == 0
+    assert roll["best_epoch"] == 0 and roll["best_val_loss"] == 0.5
+    assert roll["phase"] == 1 and roll["learning_rate"] == 1e-6 and roll["bad_epochs"] == 0
+    assert ROLLBACK_MIN_DELTA == 1e-4
+
+
+def test_mpi_launcher_detection():
+    """One reading of the launchers' variables (data.mpi) for train and prepare alike."""
+    from data import mpi
+    assert not mpi.launched({}) and mpi.world_size({}) == 1 and mpi.rank({}) == 0
+    openmpi = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "3"}
+    assert mpi.launched(openmpi) and (mpi.world_size(openmpi), mpi.rank(openmpi)) == (4, 3)
+    hydra = {"PMI_SIZE": "3", "PMI_RANK": "2"}
+    assert mpi.launched(hydra) and (mpi.world_size(hydra), mpi.rank(hydra)) == (3, 2)
+    pmix = {"PMIX_RANK": "1"}     # PMIx names the rank only: MPI itself knows the size
+    assert mpi.launched(pmix) and (mpi.world_size(pmix), mpi.rank(pmix)) == (1, 1)
+
+
 def test_bce_is_stable():
     for z in (-800.0, -3.0, 0.0, 2.5, 800.0):
         for y in (0.0, 1.0):
@@ -115,7 +144,7 @@ import horovod.tensorflow as hvd
 from model import checkpoint
 from model.direct import Direct
 from model.resnet import build_model
-from reproduce.train import Collective, batch_gradients
+from model.training import Collective, batch_gradients
 
 out, weights = sys.argv[1], sys.argv[2]
 hvd.init()
@@ -233,3 +262,56 @@ def test_a_dying_rank_ends_the_job(cohort):
 def test_batch_not_shared_by_ranks_is_refused(cohort):
     p = train(2, write_config(cohort, cohort / "odd", batch_size=3), timeout=120)
     assert p.returncode != 0 and "train.batch_size" in p.stderr and "Traceback" not in p.stderr
+
+
+def _single(config, *extra, timeout=300):
+    """One rank, no mpirun: ``python -m reproduce train``."""
+    return subprocess.run([sys.executable, "-m", "reproduce", "train", "--config", config]
+                          + list(extra), cwd=ROOT, env=mpi_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_line(cohort):
+    out = cohort / "damaged"
+    out.mkdir()
+    (out / "last.ckpt").write_bytes(b"PK\x03\x04 cut short by a full disk")
+    p = _single(write_config(cohort, out), "--resume", timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert "last.ckpt" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_on_plateau_rollback_restores_the_best_weights(cohort, tmp_path):
+    """Train on positives only, validate on negatives only: every update raises the validation
+    loss, so epoch 2 is no better than epoch 1 and the rate drops (patience 1). ``rollback``
+    then continues from best.ckpt's weights (epoch 1); ``keep`` continues from the current."""
+    cache = tmp_path / "cache"
+    make_cohort(str(cache), n_train=2, n_val=2)
+    index = pd.read_csv(str(cache / "index.csv"))
+    index["label"] = (index["split"] == "train").astype(int)
+    index.to_csv(str(cache / "index.csv"), index=False)
+    runs = {}
+    for rule in ("rollback", "keep"):
+        out = tmp_path / rule
+        config = write_config(tmp_path, out, batch_size=1, iterations_per_epoch=2, patience=1,
+                              max_epochs=2, checkpoint_every=2)
+        # The Python API, as a user would call it: fit(config, **overrides).
+        code = "from reproduce import fit; print(fit({!r}, on_plateau={!r}))".format(
+            config, rule)
+        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mpi_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        log = read_log(out)
+        assert float(log[1]["val_loss"]) > float(log[0]["val_loss"])   # the premise
+        from model.checkpoint import read_state
+        state = read_state(str(out / "last.ckpt"))
+        assert state["phase"] == 1 and state["learning_rate"] == 1e-4 and state["best_epoch"] == 0
+        runs[rule] = (checkpoint_arrays(str(out / "last.ckpt")),
+                      checkpoint_arrays(str(out / "best.ckpt")))
+        assert ("on_plateau rollback" in p.stderr) == (rule == "rollback")
+    last, best = runs["rollback"]
+    model_keys = [k for k in best if k.startswith("model/")]
+    assert model_keys and all(np.array_equal(last[k], best[k]) for k in model_keys)
+    last, best = runs["keep"]
+    assert any(not np.array_equal(last[k], best[k]) for k in model_keys)

@@ -1,4 +1,8 @@
-"""The paper's figures as PNG (matplotlib, Agg backend: no display needed).
+"""The paper's figures as PNG files, drawn without touching matplotlib's global state.
+
+Each figure is a ``matplotlib.figure.Figure`` printed by its own ``FigureCanvasAgg``: no pyplot,
+no ``matplotlib.use``, so a notebook's backend stays what its user chose (only the command line,
+``reproduce.__main__``, selects a backend).
 
     fig1a / fig1b   learning curves: loss / accuracy per epoch (train and validation), from the
                     training log CSV (epoch, train_loss, val_loss, train_accuracy, val_accuracy)
@@ -14,8 +18,8 @@ import os
 
 import numpy as np
 
+from data.errors import InputError
 from data.files import atomic_path
-from reproduce.errors import UserError
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy")
 _TITLES = {"overall": "all", "macro": "macrometastasis", "micro": "micrometastasis",
@@ -33,43 +37,49 @@ LAYOUT = {"fig1": (2, 2, ("fig1a", "fig1b", "fig1c", "fig1d")),
           "fig3": (2, 3, tuple("fig3" + c for c in "abcdef"))}
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+class LogError(InputError):
+    """A training log CSV that cannot be drawn. Message names the file and the column."""
+
+
+def _figure(figsize):
+    """A Figure with its own Agg canvas (nothing registered with pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def load_log(path):
     """Reads and checks the training log CSV; returns a DataFrame sorted by epoch."""
     import pandas as pd
     if not os.path.isfile(path):
-        raise UserError("log {}: no such file".format(path))
+        raise LogError("log {}: no such file".format(path))
     try:
         log = pd.read_csv(path)
     except Exception as e:
-        raise UserError("log {}: cannot read as CSV ({})".format(path, str(e).splitlines()[0]))
+        raise LogError("log {}: cannot read as CSV ({})".format(path, str(e).splitlines()[0]))
     for col in LOG_COLUMNS:
         if col not in log.columns:
-            raise UserError("log {}: missing column '{}' (have: {})".format(
+            raise LogError("log {}: missing column '{}' (have: {})".format(
                 path, col, ", ".join(map(str, log.columns))))
         raw = log[col]
         num = pd.to_numeric(raw, errors="coerce")
         bad = np.flatnonzero((num.isna() & raw.notna()).values | (
             num.isna().values if col == "epoch" else False))
         if bad.size:
-            raise UserError("log {}: column '{}' must be numeric; row {} has {!r} ({} bad "
+            raise LogError("log {}: column '{}' must be numeric; row {} has {!r} ({} bad "
                             "row{})".format(path, col, bad[0] + 1, raw.values[bad[0]],
                                             bad.size, "" if bad.size == 1 else "s"))
         log[col] = num
     if len(log) == 0:
-        raise UserError("log {}: no rows".format(path))
+        raise LogError("log {}: no rows".format(path))
     return log.sort_values("epoch").reset_index(drop=True)
 
 
 def _draw_roc(ax, level, group, y, p):
     import stats
-    fpr, tpr = stats.roc_curve(y, p)
+    fpr, tpr = stats.roc_curve(y, p)[:2]
     ci = stats.auc_ci(y, p)
     label = "AUC {:.4f}".format(ci.auc)
     if np.isfinite(ci.lower):
@@ -107,10 +117,9 @@ def _save(fig, path):
 def write_figures(cases, out_dir, log=None, title=""):
     """Writes every supported panel and composite; returns the written paths.
 
-    ``cases``: [(level, group, y, p)] as made by ``reproduce.table.case_sets``; ``log``: a
-    DataFrame from ``load_log`` or None.
+    ``cases``: [(level, group, y, p)], e.g. from the table's case sets; ``log``: a DataFrame
+    from ``load_log`` or None.
     """
-    plt = _pyplot()
     by_key = {(level, group): (y, p) for level, group, y, p in cases
               if np.any(y == 1) and np.any(y == 0)}
     draw = {}
@@ -123,17 +132,18 @@ def write_figures(cases, out_dir, log=None, title=""):
     suffix = " - " + title if title else ""
     written = []
     for name in sorted(draw):
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig = _figure((5, 5))
+        ax = fig.subplots()
         draw[name](ax)
         fig.suptitle(name + suffix, fontsize=9)
         path = os.path.join(out_dir, name + ".png")
         _save(fig, path)
-        plt.close(fig)
         written.append(path)
     for fig_name, (rows, cols, panels) in LAYOUT.items():
         if not any(p in draw for p in panels):
             continue
-        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.6 * rows))
+        fig = _figure((4.6 * cols, 4.6 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax, panel in zip(axes.ravel(), panels):
             if panel in draw:
                 draw[panel](ax)
@@ -147,6 +157,5 @@ def write_figures(cases, out_dir, log=None, title=""):
         fig.tight_layout()
         path = os.path.join(out_dir, fig_name + ".png")
         _save(fig, path)
-        plt.close(fig)
         written.append(path)
     return written

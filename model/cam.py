@@ -14,46 +14,34 @@ Geometry (all sizes in pixels; "image" = the prepared image at the config's targ
 * grid cell (i, j) covers canvas pixels [32 i, 32 i + 32) x [32 j, 32 j + 32) (output stride 32),
   so its centre lies at canvas pixel index 32 i + 15.5;
 * the canvas is the image centre-padded with white (or centre-cropped):
-  canvas pixel = image pixel + offset, offset = ``canvas_offset(...)``;
+  canvas pixel = image pixel + offset, offset = ``image_offset(shape, canvas)`` (per axis
+  ``data.augment.canvas_offset``, the pipeline's own);
 * image pixel p (centre at physical (p + 0.5) * target_mpp um from the image origin) lies at
   level-0 pixel index (p + 0.5) * target_mpp / level0_mpp - 0.5 + origin, where origin is (0, 0)
   for a whole slide and the level-0 top-left of the node's bounding box for a node crop.
 
 Exports per slide: a PNG overlay on a thumbnail, the high-CAM regions as a QuPath-compatible
 GeoJSON FeatureCollection in level-0 pixel coordinates, and optionally the map as a TIFF.
+``export_prediction`` and ``prediction_regions`` take ``model.inference.predict_slide``'s result
+(``cam=True``) directly. Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas,
+so the process's matplotlib backend is never changed.
 """
 import json
 import os
 
 import numpy as np
 
+from data.augment import canvas_offset
 from data.files import atomic_path, atomic_write_text
+from model.loss import sigmoid
 
 OUTPUT_STRIDE = 32  # the ResNet-50 backbone's output stride (model.resnet.OUTPUT_STRIDE)
 CLASSIFICATION = "Tumor (CAM)"
 
 
-def sigmoid(x):
-    """1 / (1 + exp(-x)), elementwise, computed stably in float64 then returned as float32."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out.astype(np.float32)
-
-
-def canvas_offset(height, width, canvas):
-    """(top, left): where image pixel (0, 0) lands on the square canvas, in canvas pixels.
-
-    Centre-padding puts the image at ((canvas - h) // 2, (canvas - w) // 2); centre-cropping
-    (image larger than the canvas) keeps image rows from (h - canvas) // 2, i.e. a negative
-    offset of -((h - canvas) // 2). Both cases are one formula per axis.
-    """
-    def one(size):
-        return (canvas - size) // 2 if size <= canvas else -((size - canvas) // 2)
-    return one(int(height)), one(int(width))
+def image_offset(image_shape, canvas):
+    """(top, left): where image pixel (0, 0) lands on the square canvas (centre pad or crop)."""
+    return canvas_offset(int(image_shape[0]), canvas), canvas_offset(int(image_shape[1]), canvas)
 
 
 def image_to_canvas(points_yx, offset):
@@ -108,7 +96,7 @@ def upsample(cam_prob, image_shape, offset, downsample=1):
 
     ``cam_prob``: the map on the stride-32 grid (any values; the paper's is sigmoid(cam_logit)).
     ``image_shape``: (height, width) of the prepared image in pixels at target mpp.
-    ``offset``: ``canvas_offset(...)`` of that image on the model's canvas.
+    ``offset``: ``image_offset(...)`` of that image on the model's canvas.
     ``downsample``: output pixel u covers image pixels [u d, u d + d); 1 = full image size.
 
     Output pixel u samples grid coordinate g = (c + 0.5) / 32 - 0.5 at canvas pixel
@@ -128,9 +116,13 @@ def upsample(cam_prob, image_shape, offset, downsample=1):
     return np.clip(out, grid.min(), grid.max()).astype(np.float32)
 
 
-def cam_map(cam_logit, image_shape, canvas, downsample=1):
-    """The paper's displayed CAM: sigmoid(cam_logit) upsampled bicubically onto the image."""
-    offset = canvas_offset(image_shape[0], image_shape[1], canvas)
+def cam_map(cam_logit, image_shape, canvas, downsample=1, offset=None):
+    """The paper's displayed CAM: sigmoid(cam_logit) upsampled bicubically onto the image.
+
+    ``offset``: the image's (top, left) on the canvas; default ``image_offset`` (centre pad).
+    """
+    if offset is None:
+        offset = image_offset(image_shape, canvas)
     return upsample(sigmoid(cam_logit), image_shape, offset, downsample)
 
 
@@ -218,19 +210,22 @@ def write_overlay(image, cam_image, path, title, low=0.5, max_side=1024):
     Opacity rises linearly from 0 at ``low`` to 0.7 at 1, so the tissue stays visible.
     """
     import cv2
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.cm
+    import matplotlib.colors
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     thumb = thumbnail(np.asarray(image), max_side)
     th, tw = thumb.shape[:2]
     heat = cv2.resize(np.asarray(cam_image, dtype=np.float32), (tw, th),
                       interpolation=cv2.INTER_LINEAR)
-    cmap = plt.get_cmap("jet")
+    cmap = matplotlib.cm.get_cmap("jet")
     rgba = cmap(np.clip(heat, 0.0, 1.0))
     rgba[..., 3] = 0.7 * np.clip((heat - low) / max(1e-6, 1.0 - low), 0.0, 1.0)
     fig_w = 6.0
     fig_h = max(2.5, fig_w * th / float(tw) * 0.9)
-    fig, ax = plt.subplots(figsize=(fig_w + 1.2, fig_h), dpi=150)
+    fig = Figure(figsize=(fig_w + 1.2, fig_h), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
     ax.imshow(thumb)
     ax.imshow(rgba)
     ax.set_axis_off()
@@ -240,11 +235,8 @@ def write_overlay(image, cam_image, path, title, low=0.5, max_side=1024):
     bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label("CAM (sigmoid)", fontsize=8)
 
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return path
 
 
@@ -270,13 +262,15 @@ def write_tiff(cam_image, path, target_mpp, level0_mpp, downsample=1, origin_xy=
 
 
 def export(slide_id, image, cam_logit, canvas, probability, out_dir, target_mpp, level0_mpp,
-           origin_xy=(0.0, 0.0), threshold=0.5, downsample=1, tiff=False, label=None):
+           origin_xy=(0.0, 0.0), threshold=0.5, downsample=1, tiff=False, label=None,
+           offset=None):
     """All CAM outputs of one slide under ``out_dir``; returns {kind: path} and region count.
 
     ``image``: the prepared image (h, w, 3) at target_mpp, the one that was put on the canvas.
     ``cam_logit``: the pre-sigmoid grid from ``strategy.predict(canvas_image, cam=True)``.
+    ``offset``: the image's (top, left) on the canvas (default: centre-padded, ``image_offset``).
     """
-    cam_image = cam_map(cam_logit, image.shape[:2], canvas, downsample)
+    cam_image = cam_map(cam_logit, image.shape[:2], canvas, downsample, offset)
     title = "{}  p = {:.3f}".format(slide_id, probability)
     if label is not None:
         title += "  (label {})".format(int(label))
@@ -292,3 +286,32 @@ def export(slide_id, image, cam_logit, canvas, probability, out_dir, target_mpp,
                                    level0_mpp, downsample, origin_xy)
     paths["regions"] = len(collection["features"])
     return paths
+
+
+def _with_cam(prediction):
+    if getattr(prediction, "cam", None) is None:
+        raise ValueError("the prediction has no CAM: call predict_slide(..., cam=True)")
+    return prediction
+
+
+def prediction_map(prediction, downsample=1):
+    """The displayed CAM (sigmoid, bicubic) of a ``predict_slide(..., cam=True)`` result, on its
+    prepared image at ``target_mpp * downsample`` µm per pixel."""
+    p = _with_cam(prediction)
+    return cam_map(p.cam, p.image_shape, p.canvas, downsample, p.offset)
+
+
+def prediction_regions(prediction, threshold=0.5, downsample=1, min_area_px=0):
+    """``regions`` of a ``predict_slide(..., cam=True)`` result: GeoJSON in level-0 pixels."""
+    p = _with_cam(prediction)
+    return regions(prediction_map(p, downsample), threshold, downsample, p.target_mpp,
+                   p.level0_mpp, p.origin_xy, min_area_px)
+
+
+def export_prediction(prediction, out_dir, name="slide", threshold=0.5, downsample=1,
+                      tiff=False, label=None):
+    """``export`` of a ``predict_slide(..., cam=True)`` result: PNG overlay, level-0 GeoJSON
+    (and TIFF) named ``name`` under ``out_dir``; returns {kind: path} and the region count."""
+    p = _with_cam(prediction)
+    return export(name, p.image, p.cam, p.canvas, p.probability, out_dir, p.target_mpp,
+                  p.level0_mpp, p.origin_xy, threshold, downsample, tiff, label, p.offset)

@@ -1,22 +1,30 @@
 """The run configuration: a small YAML file with four sections, checked whole before any work.
 
-    data:  manifest, cache, target_mpp, canvas, translate_px
+    data:  manifest, cache, target_mpp, canvas, translate_px, resample
     model: weights
     train: strategy, tile, memory_gb, batch_size, learning_rate, reduced_learning_rate,
-           iterations_per_epoch, patience, max_epochs, augment, seed, checkpoint_every, threads
+           iterations_per_epoch, patience, on_plateau, max_epochs, augment, seed,
+           checkpoint_every, threads
     out:   the run directory (checkpoints, logs)
 
 Sizes are in pixels at ``data.target_mpp`` micrometres per pixel. Relative paths are taken
 from the current directory (run from the repository root). Every problem is a one-line
-``UserError`` naming the file and the key: an unknown key, a missing file, a wrong type or an
+``ConfigError`` (a ``data.errors.InputError``) naming the file and the key: an unknown key, a missing file, a wrong type or an
 impossible value (a canvas that is not positive, a batch that the ranks cannot share, ...).
 """
+import copy
 import math
 import os
 
-from reproduce.errors import UserError
+from model.strategy import NAMES as STRATEGIES
+from data.slide import RESAMPLE_FILTERS
+from data.errors import InputError
 
 REQUIRED = object()
+
+
+class ConfigError(InputError):
+    """A configuration file or value is wrong: the message names the file and the key."""
 
 
 def _positive_int(x):
@@ -39,7 +47,7 @@ _BOOL = _check(lambda v: isinstance(v, bool), "must be true or false")
 _OPTIONAL_INT = _check(lambda v: v is None or _positive_int(v), "must be a positive integer or null")
 _OPTIONAL_NUMBER = _check(lambda v: v is None or _positive_number(v),
                           "must be a positive number or null")
-STRATEGIES = ("direct", "streaming", "unified", "auto")
+PLATEAU_RULES = ("keep", "rollback")
 
 SCHEMA = {
     "data": {
@@ -51,6 +59,10 @@ SCHEMA = {
                                     "must be a positive integer of at least 32 (pixels)")),
         "translate_px": (0, _check(lambda v: isinstance(v, int) and not isinstance(v, bool)
                                    and v >= 0, "must be an integer >= 0 (pixels)")),
+        # area: exact box filter (the paper names none); cubic: the released code's
+        # cv2.INTER_CUBIC. docs/fidelity.md, row resample.
+        "resample": ("area", _check(lambda v: v in RESAMPLE_FILTERS,
+                                    "must be one of " + ", ".join(RESAMPLE_FILTERS))),
     },
     "model": {
         "weights": ("none", _STRING),           # imagenet | none | path of a local .h5
@@ -66,6 +78,10 @@ SCHEMA = {
         "reduced_learning_rate": (1e-6, _NUMBER),
         "iterations_per_epoch": (88, _INT),
         "patience": (24, _INT),
+        # keep: the paper's words (strict <, training goes on from the current weights);
+        # rollback: the released code's (min_delta 1e-4, back to the best weights at the drop).
+        "on_plateau": ("keep", _check(lambda v: v in PLATEAU_RULES,
+                                      "must be one of " + ", ".join(PLATEAU_RULES))),
         "max_epochs": (None, _OPTIONAL_INT),
         "augment": (True, _BOOL),
         "seed": (0, _check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
@@ -75,6 +91,7 @@ SCHEMA = {
     },
 }
 TOP_LEVEL = ("data", "model", "train", "out")
+DICT_NAME = "<config dict>"    # what messages call a configuration given as a dict
 
 
 class Config(dict):
@@ -83,32 +100,41 @@ class Config(dict):
 
 
 def _err(path, key, text):
-    return UserError("{}: {}: {}".format(path, key, text))
+    return ConfigError("{}: {}: {}".format(path, key, text))
 
 
-def load_config(path, overrides=None, world_size=None):
-    """Reads and checks the YAML file at ``path``.
-
-    ``overrides``: {"data.manifest": value, "out": value, ...} applied before checking (the
-    command line's --manifest/--out). ``world_size``: the number of ranks, checked against
-    train.batch_size (the batch is one slide per rank per micro-step, accumulated
-    batch_size / world_size times, so it must divide).
-    """
+def _read_yaml(path):
     import yaml
-
     if not os.path.isfile(path):
-        raise UserError("{}: config file not found".format(path))
+        raise ConfigError("{}: config file not found".format(path))
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise UserError("{}: not valid YAML{}".format(
+        raise ConfigError("{}: not valid YAML{}".format(
             path, "" if line is None else " (line {})".format(line + 1)))
+
+
+def load_config(config, overrides=None, world_size=None):
+    """Reads and checks a configuration: the YAML file at path ``config``, or a dict of the same
+    sections (a ``Config`` is checked again; messages name a plain dict ``<config dict>``).
+
+    ``overrides``: {"data.manifest": value, "out": value, ...} applied before checking (the
+    command line's --manifest/--out); None values are ignored. ``world_size``: the number of
+    ranks, checked against train.batch_size (the batch is one slide per rank per micro-step,
+    accumulated batch_size / world_size times, so it must divide).
+    """
+    if isinstance(config, dict):
+        path = getattr(config, "path", None) or DICT_NAME
+        raw = copy.deepcopy(dict(config))
+    else:
+        path = os.fspath(config)
+        raw = _read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError("{}: must be a mapping of sections {}".format(path, ", ".join(TOP_LEVEL)))
+        raise ConfigError("{}: must be a mapping of sections {}".format(path, ", ".join(TOP_LEVEL)))
     for key in raw:
         if key not in TOP_LEVEL:
             raise _err(path, key, "unknown key (sections: {})".format(", ".join(TOP_LEVEL)))
@@ -131,7 +157,9 @@ def load_config(path, overrides=None, world_size=None):
         if dotted == "out":
             cfg["out"] = value
         else:
-            section, key = dotted.split(".")
+            section, _, key = dotted.partition(".")
+            if key not in SCHEMA.get(section, {}):
+                raise _err(path, dotted, "unknown key (override)")
             cfg[section][key] = value
 
     for section, keys in SCHEMA.items():
