@@ -75,6 +75,15 @@ class Canvas(collections.namedtuple("Canvas", "content offset fill shape")):
         """The whole canvas (H, W, 3): only for canvases small enough to hold."""
         return self.window(0, self.shape[0], 0, self.shape[1])
 
+    def crop(self, top, left, height, width):
+        """The canvas pixels [top, top + height) x [left, left + width) as a Canvas."""
+        y0, y1, x0, x1 = self.box
+        a, b = max(top, y0), min(top + height, y1)
+        c, d = max(left, x0), min(left + width, x1)
+        content = self.content[a - y0:b - y0, c - x0:d - x0] if a < b and c < d else \
+            np.zeros((0, 0, 3), np.uint8)
+        return Canvas(content, (max(0, a - top), max(0, c - left)), self.fill, (height, width))
+
     def as_element(self):
         """The dict that the tf.data pipeline carries (data/pipeline.py)."""
         return dict(content=self.content, offset=np.array(self.offset, np.int32),

@@ -1,6 +1,11 @@
 """The tf.data whole-slide pipeline: cached slide -> (augmented) canvas, sharded by rank.
 
-Elements are ``(image uint8 [canvas, canvas, 3], label float32 [], slide_id string [])``.
+Elements are ``(canvas, label float32 [], slide_id string [])``, where ``canvas`` is the dict of a
+``data.canvas.Canvas`` -- ``content`` uint8 [h, w, 3], ``offset`` int32 [2] (top, left), ``fill``
+uint8 [3], ``shape`` int32 [2] (canvas, canvas) -- so a 21,500^2 canvas is never built: the
+strategies take it as it is (``data.canvas.as_canvas``) and ``Canvas.dense()`` builds it when
+wanted. The pixels are those of ``data.augment.augment`` (training) and
+``data.augment.pad_to_canvas`` (evaluation), exactly.
 
 Training order (a function of ``(seed, epoch)`` only, so a resumed run replays it):
 
@@ -29,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from data import augment as _augment
+from data.canvas import place
 
 
 def training_order(n, seed, epoch, size=1):
@@ -83,10 +89,19 @@ def _dataset(records, rows, extra, canvas, load, num_parallel_calls, prefetch, s
     if skip:
         ds = ds.skip(int(skip))
 
+    def load_parts(row, key):
+        placed = load(row, key)
+        return (placed.content, np.asarray(placed.offset, np.int32), placed.fill,
+                np.asarray(placed.shape, np.int32))
+
     def to_element(row, key, label, slide_id):
-        image = tf.numpy_function(load, [row, key], tf.uint8)
-        image.set_shape([canvas, canvas, 3])
-        return image, label, slide_id
+        content, offset, fill, shape = tf.numpy_function(
+            load_parts, [row, key], (tf.uint8, tf.int32, tf.uint8, tf.int32))
+        content.set_shape([None, None, 3])
+        offset.set_shape([2])
+        fill.set_shape([3])
+        shape.set_shape([2])
+        return dict(content=content, offset=offset, fill=fill, shape=shape), label, slide_id
 
     ds = ds.map(to_element, num_parallel_calls=num_parallel_calls)
     return ds.prefetch(prefetch) if prefetch else ds
@@ -111,9 +126,10 @@ def training_dataset(index, canvas, seed, epoch, rank=0, size=1, augment=True, t
     def load(row, position):
         image = read(records[int(row)])
         if augment:
-            return _augment.augment(image, element_rng(seed, epoch, position), canvas,
-                                    translate_px=translate_px, fail_if_larger=fail_if_larger)
-        return _augment.pad_to_canvas(image, canvas, fail_if_larger=fail_if_larger)
+            return _augment.augment_canvas(image, element_rng(seed, epoch, position), canvas,
+                                           translate_px=translate_px,
+                                           fail_if_larger=fail_if_larger)
+        return place(image, canvas, fail_if_larger=fail_if_larger)
 
     return _dataset(records, rows, positions.astype(np.int64), canvas, load,
                     num_parallel_calls, prefetch, skip)
@@ -133,8 +149,7 @@ def eval_dataset(index, canvas, rank=0, size=1, reader=None, cache_dir=None, pad
     read = reader or _default_reader(cache_dir)
 
     def load(row, _unused):
-        return _augment.pad_to_canvas(read(records[int(row)]), canvas,
-                                      fail_if_larger=fail_if_larger)
+        return place(read(records[int(row)]), canvas, fail_if_larger=fail_if_larger)
 
     ds = _dataset(records, rows, valid, canvas, load, num_parallel_calls, 0)
     if pad:

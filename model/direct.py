@@ -12,6 +12,8 @@ Loss: binary cross-entropy of one slide from its logit z and label y,
 import numpy as np
 import tensorflow as tf
 
+from data.canvas import Canvas, as_canvas
+from model.loss import sigmoid
 from model.resnet import cam_logits
 
 _IMAGE = tf.TensorSpec([None, None, 3], tf.uint8)   # any H x W, RGB uint8
@@ -47,15 +49,18 @@ class Direct:
 
     def gradients(self, image, label):
         """(loss, probability, grads): BCE of one slide, grads for model.trainable_variables."""
-        loss, probability, grads = self._gradients(
-            tf.convert_to_tensor(np.asarray(image, np.uint8) if not tf.is_tensor(image) else image),
-            tf.cast(label, tf.float32))
+        loss, probability, grads = self._gradients(_dense(image), tf.cast(label, tf.float32))
         return loss, probability, grads
 
     def predict(self, image, cam=False):
         """dict(probability, logit, cam): cam is the pre-sigmoid CAM on the stride-32 grid."""
-        image = tf.convert_to_tensor(np.asarray(image, np.uint8) if not tf.is_tensor(image) else image)
-        logit, grid = self._forward(image)
+        logit, grid = self._forward(_dense(image))
         logit = float(logit.numpy())
-        return dict(probability=float(1.0 / (1.0 + np.exp(-logit))), logit=logit,
-                    cam=grid.numpy() if cam else None)
+        return dict(probability=sigmoid(logit), logit=logit, cam=grid.numpy() if cam else None)
+
+
+def _dense(image):
+    """The whole canvas as a uint8 tensor: the direct strategy is the one that builds it."""
+    if isinstance(image, (Canvas, dict)):
+        image = as_canvas(image).dense()
+    return tf.convert_to_tensor(np.asarray(image, np.uint8) if not tf.is_tensor(image) else image)

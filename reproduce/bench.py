@@ -1,6 +1,7 @@
 """`python -m reproduce bench`: time and peak memory of one whole-slide training step.
 
     python -m reproduce bench --size N --mode direct|streaming [--tile T] [--steps K] [--predict]
+    python -m reproduce bench --size 21500 --content 2400x2000 [--plan-only] [--predict]
     python -m reproduce bench --delong N
 
 One JSON line: size, height, width, mode, seconds_per_step, peak_rss_gb, tile, margin, tiles,
@@ -15,6 +16,13 @@ figure holds only that step: the TF runtime, the model, Adam's slots, the uint8 
 step. Tracing happens first on a small image; ``seconds_per_step`` is the mean of the ``--steps``
 timed steps. The image is a synthetic tissue patch repeated to size (the time does not depend on
 content).
+
+``--content hxw`` (streaming): the image is instead the paper's canvas (``--size``, square) holding
+h x w px of that tissue, put there by the paper's augmentation (``data.augment.apply_canvas``,
+drawn from ``--seed``; ``--rotate DEG`` fixes the angle), so the step skips the cells that see
+only the fill. ``seconds_per_step`` then includes the augmentation, which is also reported alone
+as ``augment_seconds``. ``--plan-only`` runs no network: it augments, plans and reports
+``computed_pixels`` against ``full_canvas_pixels``, the plan that tiles every cell.
 """
 import argparse
 import json
@@ -39,6 +47,13 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=1, help="timed steps (after tracing)")
     parser.add_argument("--predict", action="store_true",
                         help="time prediction with CAM (forward only) instead of a training step")
+    parser.add_argument("--content", default=None, metavar="hxw",
+                        help="streaming on a --size canvas holding h x w px of augmented tissue")
+    parser.add_argument("--seed", type=int, default=0, help="augmentation draw for --content")
+    parser.add_argument("--rotate", type=float, default=None, metavar="DEG",
+                        help="with --content: this rotation instead of the drawn one")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="with --content: report the planner's computed pixels, no network")
     parser.add_argument("--delong", type=int, default=None, metavar="N",
                         help="instead: time stats.auc_ci (DeLong) on N scores")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
@@ -62,8 +77,41 @@ def _image(height, width):
     return np.ascontiguousarray(np.tile(patch, reps)[:height, :width])
 
 
+def content_step(size, content, seed, rotate=None):
+    """(tissue image, augmentation parameters) of a --content benchmark on a --size canvas."""
+    import numpy as np
+    from data import augment
+    params = augment.sample_params(np.random.default_rng(seed),
+                                   translate_px=round(500 * size / 21500))
+    if rotate is not None:
+        params = params._replace(rotate_deg=float(rotate))
+    return _image(*content), params
+
+
+def plan_only(size, content, seed, rotate=None, tile=None, memory_gb=None):
+    """The planner's figures for a --content canvas, without TensorFlow."""
+    import time
+    from data import augment
+    from model import streaming
+    tile = tile or (streaming.tile_for_memory(memory_gb) if memory_gb else streaming.DEFAULT_TILE)
+    tissue, params = content_step(size, content, seed, rotate)
+    start = time.perf_counter()
+    canvas = augment.apply_canvas(tissue, params, size)
+    seconds = time.perf_counter() - start
+    plan = streaming.plan(canvas, tile)
+    full = streaming.plan(canvas, tile, skip_uniform=False)
+    return dict(height=size, width=size, content=list(content), mode="plan", tile=tile,
+                rotate_deg=round(params.rotate_deg, 3), content_box=[int(v) for v in canvas.box],
+                augment_seconds=round(seconds, 3), tiles=len(plan.windows),
+                proxy=[plan.proxy.height, plan.proxy.width] if plan.proxy else None,
+                computed_pixels=int(plan.computed_pixels),
+                computed_pixel_ratio=round(plan.computed_pixel_ratio, 5),
+                full_canvas_pixels=int(full.computed_pixels),
+                computed_vs_full_canvas=round(plan.computed_pixels / float(full.computed_pixels), 5))
+
+
 def measure(height, width, mode, tile=None, memory_gb=None, steps=1, predict=False,
-            progress=False):
+            progress=False, content=None, seed=0, rotate=None):
     """Runs in this process; returns the result dict without peak_rss_gb."""
     import time
     import numpy as np
@@ -75,9 +123,7 @@ def measure(height, width, mode, tile=None, memory_gb=None, steps=1, predict=Fal
     if mode == "streaming":
         from model.streaming import Streaming
         strategy = Streaming(model, tile=tile, memory_gb=memory_gb, progress=progress)
-        result.update(tile=strategy.tile, margin=strategy.margin,
-                      tiles=len(strategy.tiles(height, width)),
-                      computed_pixel_ratio=round(strategy.computed_pixel_ratio(height, width), 4))
+        result.update(tile=strategy.tile, margin=strategy.margin)
         warm = (strategy.margin + 64, strategy.margin + 64)
     else:
         from model.direct import Direct
@@ -85,22 +131,42 @@ def measure(height, width, mode, tile=None, memory_gb=None, steps=1, predict=Fal
         result.update(tile=None, margin=None, tiles=1, computed_pixel_ratio=1.0)
         warm = (64, 64)
     optimizer = tf.keras.optimizers.Adam(1e-5)
+    augment_times = []
 
     def step(image):
+        if content:     # the augmentation is part of the step: it makes the canvas
+            from data.augment import apply_canvas
+            start = time.perf_counter()
+            image = apply_canvas(image[0], image[1], height)
+            augment_times.append(time.perf_counter() - start)
         if predict:
             strategy.predict(image, cam=True)
             return
         _, _, grads = strategy.gradients(image, 1.0)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
-    step(_image(*warm))          # traces the graphs and creates Adam's slots
-    image = _image(height, width)
+    if content:
+        image = content_step(height, content, seed, rotate)
+        result.update(content=list(content), rotate_deg=round(image[1].rotate_deg, 3))
+        content, warm_image = None, _image(*warm)
+        step(warm_image)         # traces the graphs and creates Adam's slots
+        content = result["content"]
+    else:
+        step(_image(*warm))      # traces the graphs and creates Adam's slots
+        image = _image(height, width)
     result["loadavg"] = round(os.getloadavg()[0], 2)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step(image)
         times.append(time.perf_counter() - start)
+    if mode == "streaming":
+        plan = strategy.last_plan
+        result.update(tiles=len(plan.windows), computed_pixel_ratio=round(
+            plan.computed_pixel_ratio, 5), proxy=[plan.proxy.height, plan.proxy.width]
+            if plan.proxy else None)
+    if augment_times:
+        result["augment_seconds"] = round(float(np.mean(augment_times)), 3)
     seconds = float(np.mean(times))
     megapixels = height * width / 1e6
     result.update(seconds_per_step=round(seconds, 3), step_seconds=[round(t, 3) for t in times],
@@ -130,9 +196,27 @@ def run(args):
             tile_for_memory(args.memory_gb)
         except ValueError as e:
             raise UserError("--memory-gb: {}".format(e))
+    content = None
+    if args.content:
+        from reproduce.selfcheck import parse_size
+        content = parse_size(args.content)
+        if height != width:
+            raise UserError("--content needs a square canvas: give --size N")
+        if args.mode != "streaming":
+            raise UserError("--content is for --mode streaming (the direct baseline is "
+                            "--height h --width w --mode direct)")
+        if content[0] > height or content[1] > width:
+            raise UserError("--content {} does not fit the {} px canvas".format(args.content,
+                                                                                height))
+    elif args.plan_only or args.rotate is not None:
+        raise UserError("--plan-only and --rotate need --content hxw")
     if args.child:
-        result = measure(height, width, args.mode, args.tile, args.memory_gb, args.steps,
-                         args.predict, args.progress)
+        if args.plan_only:
+            result = plan_only(height, content, args.seed, args.rotate, args.tile,
+                               args.memory_gb)
+        else:
+            result = measure(height, width, args.mode, args.tile, args.memory_gb, args.steps,
+                             args.predict, args.progress, content, args.seed, args.rotate)
         print(json.dumps(result))
         return 0
     # The measurement in a fresh Python: its ru_maxrss is that step's peak alone.

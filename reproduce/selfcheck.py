@@ -17,6 +17,13 @@ statistics and affine parameters (seeded). ``--head`` sets the dense layer: ``ra
 with a non-zero bias) or ``trained``: the whole model first takes ``--train-steps`` Adam steps on
 whole synthetic images, so the comparison runs at trained dense (and backbone) weights.
 ``--checkpoint`` loads full-model weights saved by ``model.save_weights``.
+
+``--content hxw``: the image is an H x W canvas of uniform fill (``data.canvas.Canvas``) with h x w
+of synthetic tissue inside it, placed off centre by the augmentation's translation and passed
+through its flips, rotation and colour steps (``data.augment.apply_canvas``, seeded), so the
+streaming side skips the cells that see only the fill (model/streaming.py, "Uniform cells") and
+the comparison covers the proxy, its border rings and the tiles around the tissue. The JSON adds
+``computed_pixel_ratio`` (input pixels computed / canvas pixels) and ``proxy`` (its size).
 """
 import argparse
 import json
@@ -45,6 +52,9 @@ def add_arguments(parser):
                         help="Adam steps on whole synthetic images for --head trained")
     parser.add_argument("--label", type=float, default=1.0, help="slide label for the loss")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--content", default=None, metavar="hxw",
+                        help="uniform-fill canvas with h x w px of augmented tissue off centre "
+                             "(streaming skips the fill-only cells)")
     # Hidden: a margin below the receptive-field radius, to show the check fails when inexact.
     parser.add_argument("--margin", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -153,8 +163,34 @@ def train_whole(model, steps, height, width, seed):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
 
+def parse_size(text, what="--content"):
+    """'hxw' -> (h, w) positive ints; UserError naming ``what`` otherwise."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise UserError("{} must be HEIGHTxWIDTH in px (e.g. 2000x2400), got {!r}".format(
+            what, text))
+    if h < 1 or w < 1:
+        raise UserError("{} must be positive, got {!r}".format(what, text))
+    return h, w
+
+
+def content_canvas(height, width, content, seed):
+    """An H x W ``Canvas``: ``content`` (h, w) px of synthetic tissue on a square canvas of
+    max(H, W), translated off centre by a fifth of it, with seeded flips, rotation and colour
+    steps of the paper's ranges (data.augment), centre-cropped to H x W."""
+    import numpy as np
+    from data import augment
+    side = max(height, width)
+    tissue = synthetic_tissue(content[0], content[1], seed)
+    params = augment.sample_params(np.random.default_rng([seed, 1]))._replace(
+        translate_x_px=side // 5, translate_y_px=-(side // 6))
+    placed = augment.apply_canvas(tissue, params, side, fail_if_larger=False)
+    return placed.crop((side - height) // 2, (side - width) // 2, height, width)
+
+
 def check(height, width, tile=None, weights="none", checkpoint=None, perturb_bn=False,
-          head="random", train_steps=3, label=1.0, seed=0, margin=None):
+          head="random", train_steps=3, label=1.0, seed=0, margin=None, content=None):
     """Runs both computations; returns the JSON-able result dict (``passed`` among its keys)."""
     import numpy as np
     import tensorflow as tf
@@ -165,7 +201,8 @@ def check(height, width, tile=None, weights="none", checkpoint=None, perturb_bn=
     model = build_model(weights)
     if perturb_bn:
         perturb_batchnorm(model, seed)
-    image = synthetic_tissue(height, width, seed)
+    canvas = content_canvas(height, width, content, seed) if content else None
+    image = canvas.dense() if canvas else synthetic_tissue(height, width, seed)
     if checkpoint:
         model.load_weights(checkpoint)
     else:
@@ -177,15 +214,20 @@ def check(height, width, tile=None, weights="none", checkpoint=None, perturb_bn=
     streaming = Streaming(model, tile=tile, margin=MARGIN if margin is None else margin,
                           allow_inexact=margin is not None)
     reference = whole_image(model, image, label)
-    predicted = streaming.predict(image, cam=True)
-    loss, probability, grads = streaming.gradients(image, label)
+    given = canvas if canvas else image
+    predicted = streaming.predict(given, cam=True)
+    loss, probability, grads = streaming.gradients(given, label)
+    plan = streaming.last_plan
     names = [v.name for v in model.trainable_variables]
     errors = {n: relative_error(g.numpy(), r) for n, g, r in zip(names, grads, reference["grads"])}
     worst = max(errors, key=errors.get)
     result = dict(
         height=height, width=width, tile=tile, margin=streaming.margin,
-        tiles=len(streaming.tiles(height, width)),
-        computed_pixel_ratio=round(streaming.computed_pixel_ratio(height, width), 4),
+        content=list(content) if content else None,
+        content_box=list(int(v) for v in canvas.box) if canvas else None,
+        tiles=len(plan.windows),
+        proxy=[plan.proxy.height, plan.proxy.width] if plan.proxy else None,
+        computed_pixel_ratio=round(plan.computed_pixel_ratio, 4),
         weights=str(weights), perturb_bn=perturb_bn, head=head, seed=seed,
         logit=reference["logit"],
         logit_rel_error=relative_error(predicted["logit"], reference["logit"]),
@@ -213,6 +255,7 @@ def run(args):
         raise UserError("--tile must be a positive multiple of 32 px, got {}".format(args.tile))
     if args.margin is not None and (args.margin < 0 or args.margin % 32):
         raise UserError("--margin must be a non-negative multiple of 32 px")
+    content = parse_size(args.content) if args.content else None
     if args.checkpoint and not __import__("os").path.exists(args.checkpoint) and not \
             __import__("os").path.exists(args.checkpoint + ".index"):
         raise UserError("--checkpoint {} does not exist".format(args.checkpoint))
@@ -223,7 +266,7 @@ def run(args):
         result = check(height, width, tile=args.tile, weights=args.weights,
                        checkpoint=args.checkpoint, perturb_bn=args.perturb_bn, head=args.head,
                        train_steps=args.train_steps, label=args.label, seed=args.seed,
-                       margin=args.margin)
+                       margin=args.margin, content=content)
     except WeightsError as e:
         raise UserError(str(e))
     print(json.dumps(result, sort_keys=True))

@@ -131,8 +131,3 @@ def test_pad_centres_and_crop_warns():
         A.pad_to_canvas(big, 64, fail_if_larger=True)
     with pytest.warns(UserWarning):
         assert np.array_equal(A.apply(big, A.identity_params(), 64, stages=()), cropped)
-
-
-def test_benchmark_reports_time_and_memory():
-    result = A.benchmark(256)
-    assert result["size"] == 256 and result["seconds"] > 0 and result["peak_rss_gb"] > 0

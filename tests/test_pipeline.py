@@ -7,8 +7,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 tf.compat.v1.enable_v2_behavior()
 
-from data import pipeline  # noqa: E402
+from data import augment, pipeline  # noqa: E402
 from data.augment import pad_to_canvas  # noqa: E402
+from data.canvas import as_canvas  # noqa: E402
 
 CANVAS = 48
 
@@ -34,7 +35,9 @@ def reader(row):
 
 
 def _collect(ds):
-    return [(img.numpy(), float(lab.numpy()), sid.numpy().decode()) for img, lab, sid in ds]
+    """(dense canvas, label, slide id) of every element."""
+    return [(as_canvas(img).dense(), float(lab.numpy()), sid.numpy().decode())
+            for img, lab, sid in ds]
 
 
 def test_elements_have_the_contract_shapes_and_dtypes(index):
@@ -45,9 +48,29 @@ def test_elements_have_the_contract_shapes_and_dtypes(index):
     for img, lab, sid in items:
         assert img.shape == (CANVAS, CANVAS, 3) and img.dtype == np.uint8
         assert lab == index.set_index("slide_id").loc[sid, "label"]
-    img, lab, sid = next(iter(ds))
-    assert img.dtype == tf.uint8 and lab.dtype == tf.float32 and sid.dtype == tf.string
+    element, lab, sid = next(iter(ds))
+    assert sorted(element) == ["content", "fill", "offset", "shape"]
+    assert element["content"].dtype == tf.uint8 and element["content"].shape[2] == 3
+    assert element["offset"].dtype == tf.int32 and element["offset"].shape == (2,)
+    assert element["fill"].dtype == tf.uint8 and element["fill"].shape == (3,)
+    assert list(element["shape"].numpy()) == [CANVAS, CANVAS]
+    assert lab.dtype == tf.float32 and sid.dtype == tf.string
     assert lab.shape == () and sid.shape == ()
+
+
+def test_training_canvas_equals_the_dense_augmentation_of_its_slide(index):
+    """The pipeline carries the canvas as fill + content; its pixels are augment.augment's."""
+    records = index.set_index("slide_id")
+    ds = pipeline.training_dataset(index, CANVAS, seed=3, epoch=1, reader=reader,
+                                   translate_px=4)
+    order, positions = pipeline.shard(pipeline.training_order(7, 3, 1), 0, 1)
+    for (element, _, sid), position in zip(ds, positions):
+        canvas = as_canvas(element)
+        sid = sid.numpy().decode()
+        dense = augment.augment(np.load(records.loc[sid, "cache_file"]),
+                                pipeline.element_rng(3, 1, position), CANVAS, translate_px=4)
+        assert np.array_equal(canvas.dense(), dense), sid
+        assert canvas.content.size < dense.size or canvas.box == (0, CANVAS, 0, CANVAS)
 
 
 def test_shards_are_disjoint_equal_and_cover_every_slide(index):
@@ -101,7 +124,9 @@ def test_eval_sees_every_slide_once_in_fixed_order(index):
 
 
 def test_default_reader_is_the_prepare_cache(index, tmp_path):
-    cache = pytest.importorskip("data.cache")
-    assert hasattr(cache, "read_cached")
+    from data.cache import read_cached
     ds = pipeline.eval_dataset(index, CANVAS)            # cache_file is absolute, as load_index
-    assert len(_collect(ds)) == 7
+    items = _collect(ds)
+    assert [sid for _, _, sid in items] == list(index["slide_id"])
+    for (img, _, sid), row in zip(items, index.to_dict("records")):
+        assert np.array_equal(img, pad_to_canvas(read_cached("", row), CANVAS)), sid

@@ -78,11 +78,15 @@ def test_refuses_inexact_margin_and_bad_images(model):
         s.predict(np.zeros((64, 64, 3), np.float32))
 
 
-@pytest.mark.parametrize("height,width", [(97, 1105)])
+@pytest.mark.parametrize("height,width", [(330, 1105)])
 def test_streaming_equals_whole_image(model, height, width):
+    """Noise everywhere: no pixel is exactly the fill, so nothing is skipped, and it is exact."""
     image = selfcheck.synthetic_tissue(height, width, seed=1)
-    s = streaming.Streaming(model, tile=64)
-    assert len(s.tiles(height, width)) >= 8                  # several windows along the long axis
+    s = streaming.Streaming(model, tile=32)
+    plan = s.plan(image)
+    assert plan.proxy is None and len(plan.windows) >= 2      # every cell tiled, in windows
+    assert sum((r.cell_stop - r.cell_start) * (c.cell_stop - c.cell_start)
+               for r, c in plan.windows) == streaming.grid_size(height, width)
     reference = selfcheck.whole_image(model, image, 1.0)
     predicted = s.predict(image, cam=True)
     loss, probability, grads = s.gradients(image, 1.0)
@@ -97,6 +101,72 @@ def test_streaming_equals_whole_image(model, height, width):
     for g, r, v in zip(grads, reference["grads"], model.trainable_variables):
         assert tuple(g.shape) == tuple(v.shape)
         assert selfcheck.relative_error(g.numpy(), r) <= 1e-4, v.name
+
+
+def _signature_of(length, cell):
+    """The receptive field of a cell cut by the image edges, as pixel offsets (brute force)."""
+    centre = 32 * cell
+    return (max(0, centre - 241) - (centre - 241), (centre + 241) - min(length - 1, centre + 241),
+            centre if centre - 241 < 0 else None, length - 1 - centre if centre + 241 >= length
+            else None)
+
+
+@pytest.mark.parametrize("length", [1, 33, 480, 545, 1000, 1111, 4096, 21500])
+def test_proxy_axis_has_every_cell_with_the_same_edges(length):
+    proxy, mapping = streaming.proxy_axis(length)
+    assert proxy % 32 == length % 32 and proxy <= length
+    assert proxy <= max(length, 32 * 17 + 32)                   # short: 8 + 1 + 8 cells at most
+    assert mapping.shape == (streaming.output_cells(length),)
+    for cell, k in enumerate(mapping):
+        assert _signature_of(length, cell) == _signature_of(proxy, k), (cell, k)
+
+
+def test_plan_follows_the_content_and_skips_nothing_without_uniform_fill():
+    from data.canvas import Canvas
+    rng = np.random.default_rng(0)
+    tissue = rng.integers(0, 255, (2000, 2400, 3), dtype=np.uint8)
+    canvas = Canvas(tissue, (9000, 8000), (250, 251, 252), (21500, 21500))
+    plan = streaming.plan(canvas, 1792)
+    full = streaming.plan(canvas, 1792, skip_uniform=False)
+    assert full.proxy is None and full.computed_pixel_ratio > 1.0
+    assert plan.proxy is not None and plan.computed_pixel_ratio < 0.035
+    # the tiles cover the cells whose field touches the content, and only those
+    (r0, r1), (c0, c1) = streaming.content_cells(canvas.box, 21500, 21500)
+    assert min(r.cell_start for r, _ in plan.windows) == r0 == -(-(9000 - 241) // 32)
+    assert max(r.cell_stop for r, _ in plan.windows) == r1 == (10999 + 241) // 32 + 1
+    assert (c0, c1) == (-(-(8000 - 241) // 32), (10399 + 241) // 32 + 1)
+    tiled = sum((r.cell_stop - r.cell_start) * (c.cell_stop - c.cell_start)
+                for r, c in plan.windows)
+    assert tiled + plan.proxy.counts.sum() == streaming.grid_size(21500, 21500)
+    # nothing placed: the proxy alone; noise as background: nothing to skip
+    empty = streaming.plan(Canvas(tissue[:0], (0, 0), (255,) * 3, (21500, 21500)), 1792)
+    assert empty.windows == [] and empty.proxy.counts.sum() == 672 * 672
+    noisy = Canvas.from_dense(rng.integers(0, 255, (700, 900, 3), dtype=np.uint8))
+    assert noisy.box == (0, 700, 0, 900) and streaming.plan(noisy, 96).proxy is None
+
+
+def test_skipping_uniform_cells_equals_the_whole_image(model):
+    """Tissue near a corner of a canvas of one (non-white) fill colour: the tiles around the
+    tissue plus the proxy for the rest -- interior cells and all four border rings -- give the
+    whole image's logit, CAM and every gradient."""
+    from data.canvas import Canvas
+    tissue = selfcheck.synthetic_tissue(150, 120, seed=3)
+    canvas = Canvas(tissue, (690, 35), (235, 228, 241), (900, 1063))
+    s = streaming.Streaming(model, tile=256)
+    plan = s.plan(canvas)
+    assert plan.proxy is not None and plan.computed_pixel_ratio < 1.0
+    reference = selfcheck.whole_image(model, canvas.dense(), 0.0)
+    predicted = s.predict(canvas, cam=True)
+    loss, probability, grads = s.gradients(canvas.as_element(), 0.0)   # the pipeline's form
+    assert selfcheck.relative_error(predicted["logit"], reference["logit"]) <= 1e-5
+    assert selfcheck.relative_error(predicted["cam"], reference["cam"]) <= 1e-5
+    assert predicted["cam"].mean() == pytest.approx(predicted["logit"], rel=1e-5)
+    assert selfcheck.relative_error(loss, reference["loss"]) <= 1e-5
+    for g, r, v in zip(grads, reference["grads"], model.trainable_variables):
+        assert selfcheck.relative_error(g.numpy(), r) <= 1e-4, v.name
+    # the proxy's cells really differ at the edges: a single interior value would be wrong
+    proxy_cam = predicted["cam"][:3, -3:]
+    assert np.ptp(proxy_cam) > 1e-3
 
 
 def test_inexact_margin_is_detectably_wrong(model):
