@@ -143,8 +143,10 @@ def plan_windows(height, width, tile, margin=MARGIN, rows=None, cols=None):
     cols = cols or (0, output_cells(width))
     budget = (tile + 2 * margin) ** 2
     best = None
+    # square windows need `square` row tiles; thinner ones more (3 rows x 1 column can beat
+    # 1 x 3 or 2 x 2): try up to twice as many
     square = len(plan_axis(height, tile, margin, rows))
-    for count in range(1, max(square, 1) + 1):
+    for count in range(1, min(2 * square + 2, rows[1] - rows[0]) + 1):
         row_spans = _split_axis(height, count, margin, rows)
         if row_spans is None:
             continue

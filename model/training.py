@@ -241,9 +241,11 @@ def load_cohort(cfg):
     if not os.path.isfile(os.path.join(cache, "index.csv")):
         raise TrainingError("{}: data.cache: no index.csv in {} (run `python -m reproduce "
                             "prepare --config {}` first)".format(cfg.path, cache, cfg.path))
-    from data.cache import CacheError, load_index
+    from data.cache import CacheError, check_made_with, load_index
     try:
         index = load_index(cache)
+        # a cache made at another mpp or with another filter is not silently trained on
+        check_made_with(index, cache, cfg["data"]["target_mpp"], cfg["data"]["resample"])
     except CacheError as e:
         raise TrainingError("data.cache: {}".format(e))
     manifest = cfg["data"]["manifest"]

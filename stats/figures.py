@@ -20,6 +20,7 @@ import numpy as np
 
 from data.errors import InputError
 from data.files import atomic_path
+from data.manifest import POSITIVE_SIZES, SUBTYPES
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy")
 _TITLES = {"overall": "all", "macro": "macrometastasis", "micro": "micrometastasis",
@@ -29,8 +30,7 @@ _TITLES = {"overall": "all", "macro": "macrometastasis", "micro": "micrometastas
 # panel name -> (level, group), in the paper's order
 ROC_PANELS = {"fig1c": ("slide", "overall"), "fig1d": ("node", "overall")}
 for _fig, _level in (("fig2", "slide"), ("fig3", "node")):
-    for _letter, _group in zip("abcdef", ("macro", "micro", "itc", "classical", "mucinous",
-                                           "signet_poorly")):
+    for _letter, _group in zip("abcdef", POSITIVE_SIZES + SUBTYPES):
         ROC_PANELS[_fig + _letter] = (_level, _group)
 LAYOUT = {"fig1": (2, 2, ("fig1a", "fig1b", "fig1c", "fig1d")),
           "fig2": (2, 3, tuple("fig2" + c for c in "abcdef")),
