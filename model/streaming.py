@@ -360,20 +360,9 @@ class Streaming(object):
         return tf.reduce_sum(features * weights[:, :, None], axis=[0, 1]), grads
 
     # -- planning ------------------------------------------------------------------------------
-    def tiles(self, height, width):
-        """(row Span, column Span) pairs tiling every cell of a height x width px image."""
-        return plan_windows(height, width, self.tile, self.margin)
-
     def plan(self, image):
         """The Plan of an image or canvas (see ``plan``)."""
         return plan(as_canvas(image), self.tile, self.margin, self.skip_uniform)
-
-    def computed_pixel_ratio(self, image_or_height, width=None):
-        """Input pixels computed / canvas pixels: of a canvas's plan, or of tiling a whole
-        height x width image."""
-        if width is not None:
-            return computed_pixel_ratio(image_or_height, width, self.tile, self.margin)
-        return self.plan(image_or_height).computed_pixel_ratio
 
     def _windows(self, canvas, plan_):
         """(row Span or None, column Span or None, window, weights): the tiles, then the proxy."""
@@ -402,7 +391,7 @@ class Streaming(object):
     def predict(self, image, cam=False):
         """dict(probability, logit, cam): cam is the pre-sigmoid CAM, (ceil(H/32), ceil(W/32))."""
         canvas = as_canvas(image)
-        plan_ = self.last_plan = plan(canvas, self.tile, self.margin, self.skip_uniform)
+        plan_ = self.last_plan = self.plan(canvas)
         height, width = canvas.shape
         grid = np.zeros((output_cells(height), output_cells(width)), np.float32) if cam else None
         total = np.zeros(FEATURES, np.float64)
@@ -431,7 +420,7 @@ class Streaming(object):
         ``model.trainable_variables`` (tf.Tensor float32)."""
         canvas = as_canvas(image)
         label = float(label.numpy() if hasattr(label, "numpy") else label)
-        plan_ = self.last_plan = plan(canvas, self.tile, self.margin, self.skip_uniform)
+        plan_ = self.last_plan = self.plan(canvas)
         cells = grid_size(*canvas.shape)
         total = np.zeros(FEATURES, np.float64)
         accumulated = None
