@@ -34,7 +34,6 @@ Peak memory is the input plus the canvas plus a few strips; see docs/benchmarks.
 import collections
 import os
 import time
-import warnings
 
 import cv2
 import numpy as np
