@@ -13,7 +13,7 @@ MANIFEST ?=
 PYTHON37 ?= $(shell for c in python3.7 $$HOME/.pyenv/versions/3.7*/bin/python3.7 /usr/bin/python3.7; do \
 	  $$c -c 'import sys; assert sys.version_info[:2] == (3, 7)' 2>/dev/null && { command -v $$c || echo $$c; } && break; done)
 
-.PHONY: help setup system test reproduce-table docker lint-docker clean
+.PHONY: help setup system test reproduce-table docker docker-ngc lint-docker clean
 
 help:
 	@echo "make setup            create .venv (Python 3.7) with the pinned stack (TF 1.15.3, Horovod 0.19.0)"
@@ -22,6 +22,7 @@ help:
 	@echo "                      PREDICTIONS=P.csv [MANIFEST=M.csv]: table from your predictions"
 	@echo "                      CONFIG=configs/paper.yaml MANIFEST=M.csv: the paper's protocol on your slides"
 	@echo "make docker           build the CUDA 10.0 image (needs a Docker engine)"
+	@echo "make docker-ngc       build the image on NVIDIA's NGC TF1 container (Ampere/Hopper GPUs)"
 
 system:
 	@if [ "$$(id -u)" = 0 ]; then bash docker/install-system.sh; \
@@ -45,10 +46,13 @@ reproduce-table: setup
 	  $(if $(PREDICTIONS),--predictions $(PREDICTIONS)) $(if $(MANIFEST),--manifest $(MANIFEST))
 
 lint-docker: setup
-	$(VENV)/bin/hadolint docker/Dockerfile
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.ngc
 
 docker:
 	docker build -f docker/Dockerfile -t wsi-micromet:tf1.15.3 .
+
+docker-ngc:
+	docker build -f docker/Dockerfile.ngc -t wsi-micromet:ngc-23.03-tf1 .
 
 clean:
 	rm -rf $(VENV) runs

@@ -9,14 +9,18 @@ Layout of ``CACHE/``:
   rewritten under the same path, e.g. a regenerated synthetic cohort, is read again) and
   ``resample`` (the filter that made the image, ``data.slide.RESAMPLE_FILTERS``: a cache made
   with one filter is re-prepared, not reused, when the other is asked for; an index from before
-  this column was made with ``area``, the only filter then).
+  this column was made with ``area``, the only filter then), and ``glass_to_white`` only when
+  ``prepare --glass-to-white T`` made the image (the threshold T; ``data.glass``, not the paper's:
+  docs/fidelity.md, row ``glass-to-white``): without the flag the index and images are what they
+  were before the flag existed, and a row made with another threshold, or with or without it, is
+  re-prepared.
 - one image per row: PNG (cv2, zlib level 1: lossless; the choice is measured in
   docs/benchmarks.md "## prepare") or ``.npy`` (``--format npy``; large, but memory-mappable).
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a killed
 run never leaves a half-written file under a final name. ``index.csv`` is rewritten after each
 slide, which makes a rerun resume: rows whose cached file exists with the recorded size (and the
-same slide, annotation, target mpp and resampling filter) are skipped.
+same slide, annotation, target mpp, resampling filter and glass threshold) are skipped.
 
 Under MPI (mpirun), rank r takes the pending rows r::size, writes its own ``index.part-<r>.csv``
 after each slide, and rank 0 merges them into ``index.csv`` after a barrier.
@@ -34,6 +38,7 @@ import pandas as pd
 
 from data.errors import InputError
 from data.files import atomic_write_bytes, atomic_write_csv, remove_temporaries
+from data.glass import check_threshold, glass_to_white as whiten_glass
 from data.slide import RESAMPLE_FILTERS
 
 INDEX = "index.csv"
@@ -43,6 +48,9 @@ STAMP_COLUMN = "source_stamp"
 # The resampling filter of each image; absent from indexes written before it existed (area).
 RESAMPLE_COLUMN = "resample"
 LEGACY_RESAMPLE = "area"
+# The glass threshold of ``prepare --glass-to-white`` (data/glass.py); absent or "" = off.
+GLASS_COLUMN = "glass_to_white"
+_UNCHECKED = object()
 PNG_COMPRESSION = 1  # zlib level: 1 is ~3x smaller than raw on tissue and about as fast as 0
 
 
@@ -159,10 +167,17 @@ def load_index(cache_dir, split=None):
     return df
 
 
-def check_made_with(index, cache_dir, target_mpp=None, resample=None):
+def glass_of(row):
+    """The glass threshold (str, "" for off) that made an index row (a dict or Series)."""
+    value = row.get(GLASS_COLUMN, "") if hasattr(row, "get") else ""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def check_made_with(index, cache_dir, target_mpp=None, resample=None, glass_to_white=_UNCHECKED):
     """Raises CacheError when a row of ``index`` (from ``load_index``) was prepared at another
-    mpp or with another resampling filter than the configuration asks for; the message says how
-    to re-prepare. ``None`` skips that check."""
+    mpp, with another resampling filter or another glass threshold than the configuration asks
+    for; the message says how to re-prepare. ``None`` skips the mpp and filter checks; the glass
+    check runs when ``glass_to_white`` is given, and None there means off."""
     where = os.path.join(cache_dir, INDEX)
     if target_mpp is not None:
         target_mpp = float(target_mpp)
@@ -180,6 +195,19 @@ def check_made_with(index, cache_dir, target_mpp=None, resample=None):
                              "{}); rerun prepare with --resample {}".format(
                                  where, len(off), off[RESAMPLE_COLUMN].iloc[0], resample,
                                  off["slide_id"].iloc[0], resample))
+    if glass_to_white is not _UNCHECKED:
+        wanted = check_threshold(glass_to_white, "data.glass_to_white")
+        wanted = "" if wanted is None else str(wanted)
+        made = (index[GLASS_COLUMN].fillna("").astype(str) if GLASS_COLUMN in index.columns
+                else pd.Series("", index=index.index))
+        off = index[made != wanted]
+        if len(off):
+            said = lambda v: v or "off"    # noqa: E731
+            raise CacheError("{}: {} row(s) prepared with glass_to_white {}, not "
+                             "data.glass_to_white {} (e.g. {}); rerun prepare with "
+                             "--glass-to-white {}".format(
+                                 where, len(off), said(made[off.index[0]]), said(wanted),
+                                 off["slide_id"].iloc[0], said(wanted)))
 
 
 def read_cached(cache_dir, row_or_slide_id):
@@ -217,13 +245,14 @@ def _mpi():
     return comm, comm.Get_rank(), comm.Get_size()
 
 
-def _entry_ok(cache_dir, old, new, target_mpp, resample):
+def _entry_ok(cache_dir, old, new, target_mpp, resample, glass=None):
     """Is the old index row a complete, matching cache of the new manifest row?"""
     try:
         same = (old["path"] == new["path"]
                 and old.get("annotation", "") == new.get("annotation", "")
                 and old.get(STAMP_COLUMN, "") == source_stamp(new)
                 and (old.get(RESAMPLE_COLUMN) or LEGACY_RESAMPLE) == resample
+                and glass_of(old) == ("" if glass is None else str(glass))
                 and abs(float(old["mpp"]) - target_mpp) <= 1e-9 * target_mpp)
         size = image_size(os.path.join(cache_dir, old["cache_file"]))
         return same and size == (int(old["height"]), int(old["width"]))
@@ -257,11 +286,13 @@ def source_stamp(row):
     return "|".join(parts)
 
 
-def _index_row(row, columns, cache_file, shape, target_mpp, slide_mpp, resample):
+def _index_row(row, columns, cache_file, shape, target_mpp, slide_mpp, resample, glass=None):
     out = {c: ("" if pd.isna(row[c]) else str(row[c])) for c in columns if c != "mpp"}
     out.update(cache_file=cache_file, height=str(shape[0]), width=str(shape[1]),
                mpp=repr(float(target_mpp)), slide_mpp=repr(float(slide_mpp)),
                **{STAMP_COLUMN: source_stamp(row), RESAMPLE_COLUMN: resample})
+    if glass is not None:    # no column without the flag: such a cache is as it always was
+        out[GLASS_COLUMN] = str(glass)
     return out
 
 
@@ -273,10 +304,12 @@ def _order(frame, manifest_ids):
 
 
 def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", progress=True,
-            log=None, max_strip_pixels=None, resample="area"):
+            log=None, max_strip_pixels=None, resample="area", glass_to_white=None):
     """Read every (selected) manifest row once at ``target_mpp`` into ``cache_dir``, resampled
     with ``resample`` ("area" or "cubic", see ``data.slide``; docs/fidelity.md, row
-    ``resample``). A row cached with another filter or mpp is read again.
+    ``resample``). ``glass_to_white``: None (off, the paper's way) or a threshold 1-255 whose
+    glass becomes pure white (``data.glass``; not in the paper: docs/fidelity.md, row
+    ``glass-to-white``). A row cached with another filter, mpp or glass threshold is read again.
 
     Validates the whole manifest first (raises PrepareError with every problem). Returns a dict:
     rows, cached (this run, all ranks), skipped, failed (list of one-line reasons), seconds,
@@ -294,6 +327,10 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
     if resample not in RESAMPLE_FILTERS:
         raise PrepareError(manifest_path, ["resample must be one of {}, got {!r}".format(
             "/".join(RESAMPLE_FILTERS), resample)])
+    try:
+        glass = check_threshold(glass_to_white, "glass_to_white")
+    except InputError as e:
+        raise PrepareError(manifest_path, [str(e)])
     df = load_manifest(manifest_path)
     base = os.path.dirname(os.path.abspath(manifest_path))
     problems = validate(df, base)
@@ -319,7 +356,7 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
     done, pending = [], []
     for _, r in rows.iterrows():
         o = old_rows.get(r["slide_id"])
-        (done if o is not None and _entry_ok(cache_dir, o, r, target_mpp, resample)
+        (done if o is not None and _entry_ok(cache_dir, o, r, target_mpp, resample, glass)
          else pending).append(r)
     redo = {r["slide_id"] for r in pending}
     # Index rows kept as they are: valid ones of this manifest and those of other rows.
@@ -353,9 +390,12 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
         except (SlideError, AnnotationError) as e:
             failed.append("{}: {}".format(sid, e))
             continue
+        if glass is not None:
+            whiten_glass(image, glass, copy=False)
         name = cache_name(sid, fmt)
         atomic_write_bytes(os.path.join(cache_dir, name), encode_image(image, fmt))
-        new.append(_index_row(r, columns, name, image.shape, target_mpp, slide_mpp, resample))
+        new.append(_index_row(r, columns, name, image.shape, target_mpp, slide_mpp, resample,
+                              glass))
         mp0 += area0 / 1e6
         mp_out += image.shape[0] * image.shape[1] / 1e6
         bar.set_postfix(MPps="{:.1f}".format(mp0 / max(1e-9, time.time() - t0)))

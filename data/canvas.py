@@ -15,7 +15,9 @@ needs the 21,500^2 array; ``dense()`` builds it whole, for the ``direct`` strate
 Where a canvas comes from:
 
 * ``place(image, canvas)``: centre-padding (or centre-cropping) with white, as
-  ``data.augment.pad_to_canvas`` but without the padding;
+  ``data.augment.pad_to_canvas`` but without the padding; the image's own white border rows and
+  columns are left out of the content box too (they equal the fill), so the glass that
+  ``prepare --glass-to-white`` made white is skipped like the padding (``data.glass``);
 * ``data.augment.apply_canvas``: the paper's augmentation in this form;
 * ``Canvas.from_dense(image)``: any dense image; the fill is its corner pixel and the content its
   smallest box that holds every other colour (the whole image if its background is not exactly
@@ -161,12 +163,49 @@ def crop_to_canvas(image, canvas):
     return image[y0:y0 + canvas, x0:x0 + canvas]
 
 
+def fill_box(image, fill=WHITE, step=64):
+    """(top, bottom, left, right), half-open: the smallest box of ``image`` (uint8 (H, W, 3))
+    that holds every pixel other than ``fill``; (0, 0, 0, 0) when there is none.
+
+    Scans inwards from each edge ``step`` rows or columns at a time, so it reads only the fill
+    border plus one strip per side, and stops at once on an image whose edges are not the fill
+    (a slide whose glass was not whitened)."""
+    fill = np.broadcast_to(np.asarray(fill, np.uint8), (3,))
+    height, width = image.shape[:2]
+
+    def rows_with_other(r0, r1, c0, c1):
+        return np.flatnonzero(np.any(image[r0:r1, c0:c1] != fill, axis=2).any(axis=1)) + r0
+
+    def cols_with_other(r0, r1, c0, c1):
+        return np.flatnonzero(np.any(image[r0:r1, c0:c1] != fill, axis=2).any(axis=0)) + c0
+
+    top = next((hit[0] for r in range(0, height, step)
+                for hit in [rows_with_other(r, r + step, 0, width)] if hit.size), None)
+    if top is None:
+        return 0, 0, 0, 0
+    bottom = next(hit[-1] + 1 for r in range(height, top, -step)
+                  for hit in [rows_with_other(max(top, r - step), r, 0, width)] if hit.size)
+    left = next(hit[0] for c in range(0, width, step)
+                for hit in [cols_with_other(top, bottom, c, c + step)] if hit.size)
+    right = next(hit[-1] + 1 for c in range(width, left, -step)
+                 for hit in [cols_with_other(top, bottom, max(left, c - step), c)] if hit.size)
+    return int(top), int(bottom), int(left), int(right)
+
+
 def place(image, canvas, fail_if_larger=False):
     """``image`` centre-padded with white (or centre-cropped) on a ``canvas`` px square, as a
-    ``Canvas``: equal to ``data.augment.pad_to_canvas(image, canvas)``, without the padding."""
+    ``Canvas``: equal to ``data.augment.pad_to_canvas(image, canvas)``, without the padding.
+    White rows and columns at the image's edges are padding too: the content box is the
+    smallest one that holds every other pixel (``fill_box``), the canvas is the same."""
     check_image(image)
     warn_crop(image, canvas, fail_if_larger)
     content = crop_to_canvas(image, canvas)
     h, w = content.shape[:2]
-    return Canvas(content, (max(0, canvas_offset(h, canvas)), max(0, canvas_offset(w, canvas))),
+    top, bottom, left, right = fill_box(content, WHITE)
+    if (left, right) != (0, w):
+        content = np.ascontiguousarray(content[top:bottom, left:right])
+    elif (top, bottom) != (0, h):
+        content = content[top:bottom]
+    return Canvas(content, (max(0, canvas_offset(h, canvas)) + top,
+                            max(0, canvas_offset(w, canvas)) + left),
                   (WHITE,) * 3, (canvas, canvas))

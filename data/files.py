@@ -7,6 +7,7 @@ remains, which ``remove_temporaries`` clears.
 """
 import contextlib
 import glob
+import hashlib
 import os
 import tempfile
 
@@ -57,3 +58,18 @@ def remove_temporaries(folder):
             os.remove(p)
         except OSError:
             pass
+
+
+def file_stem(name):
+    """``name`` as a file-name stem: every character but letters, digits, '-', '_' and '.'
+    becomes '_' (a slide id such as 'a/b c' must not name a folder or need quoting)."""
+    return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(name))
+
+
+def sha256_file(path):
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

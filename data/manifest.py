@@ -3,8 +3,10 @@
 Required columns: ``slide_id, path, label (0/1), split (train/val/test)``.
 Optional: ``size_category`` (macro/micro/itc/negative), ``subtype`` (classical/mucinous/
 signet_poorly), ``chemo`` (0/1), ``level`` (slide/node; blank = slide), ``annotation`` (GeoJSON
-polygon of one node, see ``data.nodes``), ``mpp`` (µm per level-0 pixel; overrides the file's).
-Relative ``path`` and ``annotation`` resolve against the manifest's folder. Blank optional
+polygon of one node, see ``data.nodes``), ``mpp`` (µm per level-0 pixel; overrides the file's),
+``foci`` (GeoJSON of the row's tumour annotations in level-0 pixels, e.g. a QuPath export; used
+only to outline the CAMs and measure their localisation, never in training).
+Relative ``path``, ``annotation`` and ``foci`` resolve against the manifest's folder. Blank optional
 cells mean "not known". Other columns are kept and passed through.
 
 ``validate`` opens every slide (OpenSlide) because whether a slide has an mpp, or is a slide at
@@ -17,7 +19,7 @@ import pandas as pd
 from data.errors import InputError
 
 REQUIRED = ("slide_id", "path", "label", "split")
-OPTIONAL = ("size_category", "subtype", "chemo", "level", "annotation", "mpp")
+OPTIONAL = ("size_category", "subtype", "chemo", "level", "annotation", "mpp", "foci")
 SPLITS = ("train", "val", "test")
 # The paper's subgroups, the one home of these names (synth, table and figures use them).
 POSITIVE_SIZES = ("macro", "micro", "itc")     # metastasis size: macro, micro, isolated tumour cells
@@ -131,13 +133,16 @@ def validate(df, base_dir, open_slides=True):
             except ValueError:
                 problems.append("{}: mpp '{}' is not a positive number".format(w, row["mpp"]))
         annotation = resolve(base_dir, row["annotation"]) if "annotation" in cols else ""
-        if annotation:
-            if not os.path.isfile(annotation):
-                problems.append("{}: annotation file {} not found".format(w, annotation))
+        foci = resolve(base_dir, row["foci"]) if "foci" in cols else ""
+        for column, geojson in (("annotation", annotation), ("foci", foci)):
+            if not geojson:
+                continue
+            if not os.path.isfile(geojson):
+                problems.append("{}: {} file {} not found".format(w, column, geojson))
             else:
                 from data.nodes import AnnotationError, load_polygons
                 try:
-                    load_polygons(annotation)
+                    load_polygons(geojson)
                 except AnnotationError as e:
                     problems.append("{}: {}".format(w, e))
         path = resolve(base_dir, row["path"])
@@ -168,12 +173,14 @@ def validate(df, base_dir, open_slides=True):
 
 
 def coerce(df, base_dir):
-    """Typed copy of a validated manifest: absolute ``path``/``annotation``, int ``label``,
-    ``level`` filled with 'slide', ``chemo`` as nullable Int64, ``mpp`` as float (NaN blank)."""
+    """Typed copy of a validated manifest: absolute ``path``/``annotation``/``foci``, int
+    ``label``, ``level`` filled with 'slide', ``chemo`` as nullable Int64, ``mpp`` as float (NaN
+    blank)."""
     out = df.copy()
     out["path"] = [resolve(base_dir, p) for p in out["path"]]
-    if "annotation" in out.columns:
-        out["annotation"] = [resolve(base_dir, p) for p in out["annotation"]]
+    for column in ("annotation", "foci"):
+        if column in out.columns:
+            out[column] = [resolve(base_dir, p) for p in out[column]]
     out["label"] = out["label"].astype(float).astype(int)
     if "level" in out.columns:
         out["level"] = out["level"].replace("", "slide")

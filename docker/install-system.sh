@@ -13,6 +13,15 @@ if command -v mpirun >/dev/null 2>&1 && command -v mpicc >/dev/null 2>&1 \
 fi
 
 pkgs=(libopenslide0 build-essential git ca-certificates curl)
+# Headless Chromium renders the HTML report in its test (tests/test_report.py) and takes the
+# README's screenshot. Debian ships it as a plain package; Ubuntu 18.04 as chromium-browser;
+# later Ubuntu releases only as a snap, which a container cannot run: left out there.
+os_id=$(. /etc/os-release 2>/dev/null && echo "${ID:-}:${VERSION_ID:-}")
+case "$os_id" in
+    ubuntu:18.04) pkgs+=(chromium-browser) ;;
+    ubuntu:*) echo "install-system: no chromium on $os_id (a snap there); the report's browser test will say so" >&2 ;;
+    *) pkgs+=(chromium) ;;
+esac
 [ "$with_mpi" = 1 ] && pkgs+=(openmpi-bin libopenmpi-dev)
 
 missing=()

@@ -204,10 +204,13 @@ def thumbnail(image, max_side=1024):
                       interpolation=cv2.INTER_AREA)
 
 
-def write_overlay(image, cam_image, path, title, low=0.5, max_side=1024):
+def write_overlay(image, cam_image, path, title, low=0.5, max_side=1024, outlines=None):
     """PNG: the CAM in heat colours over a thumbnail; values <= ``low`` transparent; colour bar.
 
     Opacity rises linearly from 0 at ``low`` to 0.7 at 1, so the tissue stays visible.
+    ``outlines``: tumour annotation rings ((N, 2) x, y arrays in image pixels, pixel i spanning
+    [i, i + 1)), drawn white with a black edge: jet has no white, and the black edge keeps the
+    line visible on white glass.
     """
     import cv2
     import matplotlib.cm
@@ -228,6 +231,21 @@ def write_overlay(image, cam_image, path, title, low=0.5, max_side=1024):
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(thumb)
     ax.imshow(rgba)
+    if outlines:
+        from matplotlib import patheffects
+        from matplotlib.lines import Line2D
+        ih, iw = np.asarray(image).shape[:2]
+        fx, fy = tw / float(iw), th / float(ih)
+        edge = [patheffects.Stroke(linewidth=2.6, foreground="black"), patheffects.Normal()]
+        for ring in outlines:
+            r = np.asarray(ring, np.float64)
+            r = np.concatenate([r, r[:1]])
+            # imshow puts pixel j's centre at j: a continuous coordinate c is at c - 0.5.
+            ax.plot(r[:, 0] * fx - 0.5, r[:, 1] * fy - 0.5, color="white", linewidth=1.2,
+                    path_effects=edge, scalex=False, scaley=False)
+        handle = Line2D([], [], color="white", linewidth=1.2, path_effects=edge)
+        ax.legend([handle], ["tumour annotation"], loc="lower right", fontsize=7,
+                  framealpha=0.8, facecolor="0.6")
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=cmap)
@@ -261,23 +279,59 @@ def write_tiff(cam_image, path, target_mpp, level0_mpp, downsample=1, origin_xy=
     return path
 
 
+def localise(cam_image, image_shape, tumour, target_mpp, level0_mpp, origin_xy=(0.0, 0.0),
+             threshold=0.5, downsample=1, within=None):
+    """``stats.localisation.fractions`` of a displayed CAM (``cam_map`` at ``downsample``) of a
+    prepared image of ``image_shape`` (h, w) against ``tumour`` polygons in level-0 pixels
+    (``data.nodes.load_polygons``' format), bounded by ``within`` (a node's outline) if given."""
+    from stats.localisation import fractions
+    scale = float(target_mpp) / float(level0_mpp)   # level-0 pixels per image pixel
+    h, w = int(image_shape[0]), int(image_shape[1])
+    return fractions(cam_image, tumour, scale * downsample, origin_xy, threshold,
+                     extent=(w * scale, h * scale), within=within)
+
+
+def _image_rings(polygons, target_mpp, level0_mpp, origin_xy):
+    """Every ring of level-0 ``polygons`` in image pixels (continuous: pixel i spans [i, i+1))."""
+    scale = float(target_mpp) / float(level0_mpp)
+    origin = np.asarray(origin_xy, np.float64)
+    return [(np.asarray(ring, np.float64)[:, :2] - origin) / scale
+            for poly in polygons for ring in poly]
+
+
 def export(slide_id, image, cam_logit, canvas, probability, out_dir, target_mpp, level0_mpp,
            origin_xy=(0.0, 0.0), threshold=0.5, downsample=1, tiff=False, label=None,
-           offset=None):
-    """All CAM outputs of one slide under ``out_dir``; returns {kind: path} and region count.
+           offset=None, tumour=None, within=None):
+    """All CAM outputs of one slide under ``out_dir``; returns {kind: path}, the region count
+    and, with ``tumour``, its ``localisation`` (else None).
 
     ``image``: the prepared image (h, w, 3) at target_mpp, the one that was put on the canvas.
     ``cam_logit``: the pre-sigmoid grid from ``strategy.predict(canvas_image, cam=True)``.
     ``offset``: the image's (top, left) on the canvas (default: centre-padded, ``image_offset``).
+    ``tumour``: annotated tumour polygons in level-0 pixels (``data.nodes.load_polygons``),
+    outlined on the PNG and measured against the CAM at ``threshold`` (``localise``);
+    ``within``: the node's outline for a node crop (tumour outside it is not in the image).
     """
     cam_image = cam_map(cam_logit, image.shape[:2], canvas, downsample, offset)
     title = "{}  p = {:.3f}".format(slide_id, probability)
     if label is not None:
         title += "  (label {})".format(int(label))
-    safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(slide_id))
+    found, outlines = None, None
+    if tumour:
+        found = localise(cam_image, image.shape[:2], tumour, target_mpp, level0_mpp, origin_xy,
+                         threshold, downsample, within)
+        outlines = _image_rings(tumour, target_mpp, level0_mpp, origin_xy)
+
+        def pct(v):
+            return "n/a" if np.isnan(v) else "{:.0f}%".format(100 * v)
+        title += "\ntumour with CAM >= {:g}: {};  CAM >= {:g} in tumour: {}".format(
+            threshold, pct(found["tumour_covered"]), threshold, pct(found["cam_in_tumour"]))
+    from data.files import file_stem
+    safe = file_stem(slide_id)
     paths = {
         "png": write_overlay(image, cam_image, os.path.join(out_dir, safe + ".png"), title,
-                             low=threshold),
+                             low=threshold, outlines=outlines),
+        "localisation": found,
     }
     collection = regions(cam_image, threshold, downsample, target_mpp, level0_mpp, origin_xy)
     paths["geojson"] = write_geojson(collection, os.path.join(out_dir, safe + ".geojson"))
@@ -308,10 +362,20 @@ def prediction_regions(prediction, threshold=0.5, downsample=1, min_area_px=0):
                    p.level0_mpp, p.origin_xy, min_area_px)
 
 
+def prediction_localisation(prediction, tumour, threshold=0.5, downsample=1, within=None):
+    """``localise`` of a ``predict_slide(..., cam=True)`` result against ``tumour`` polygons
+    (level-0 pixels, e.g. ``data.nodes.load_polygons("foci/x.geojson")``)."""
+    p = _with_cam(prediction)
+    return localise(prediction_map(p, downsample), p.image_shape, tumour, p.target_mpp,
+                    p.level0_mpp, p.origin_xy, threshold, downsample, within)
+
+
 def export_prediction(prediction, out_dir, name="slide", threshold=0.5, downsample=1,
-                      tiff=False, label=None):
-    """``export`` of a ``predict_slide(..., cam=True)`` result: PNG overlay, level-0 GeoJSON
-    (and TIFF) named ``name`` under ``out_dir``; returns {kind: path} and the region count."""
+                      tiff=False, label=None, tumour=None, within=None):
+    """``export`` of a ``predict_slide(..., cam=True)`` result: PNG overlay (with the outlines
+    of ``tumour``, level-0 polygons, when given), level-0 GeoJSON (and TIFF) named ``name``
+    under ``out_dir``; returns {kind: path}, the region count and the localisation."""
     p = _with_cam(prediction)
     return export(name, p.image, p.cam, p.canvas, p.probability, out_dir, p.target_mpp,
-                  p.level0_mpp, p.origin_xy, threshold, downsample, tiff, label, p.offset)
+                  p.level0_mpp, p.origin_xy, threshold, downsample, tiff, label, p.offset,
+                  tumour, within)

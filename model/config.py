@@ -1,6 +1,6 @@
 """The run configuration: a small YAML file with four sections, checked whole before any work.
 
-    data:  manifest, cache, target_mpp, canvas, translate_px, resample
+    data:  manifest, cache, target_mpp, canvas, translate_px, resample, glass_to_white
     model: weights
     train: strategy, tile, memory_gb, batch_size, learning_rate, reduced_learning_rate,
            iterations_per_epoch, patience, on_plateau, max_epochs, augment, seed,
@@ -63,6 +63,11 @@ SCHEMA = {
         # cv2.INTER_CUBIC. docs/fidelity.md, row resample.
         "resample": ("area", _check(lambda v: v in RESAMPLE_FILTERS,
                                     "must be one of " + ", ".join(RESAMPLE_FILTERS))),
+        # null (off, the paper's way) or 1-255: prepare makes glass (every channel >= it) pure
+        # white, not in the paper (data/glass.py; docs/fidelity.md, row glass-to-white).
+        "glass_to_white": (None, _check(lambda v: v is None or (_positive_int(v) and v <= 255),
+                                        "must be an integer from 1 to 255 (a pixel whose every "
+                                        "channel is >= it is glass) or null (off)")),
     },
     "model": {
         "weights": ("none", _STRING),           # imagenet | none | path of a local .h5
@@ -70,9 +75,12 @@ SCHEMA = {
     "train": {
         "strategy": ("auto", _check(lambda v: v in STRATEGIES,
                                     "must be one of " + ", ".join(STRATEGIES))),
-        "tile": (1024, _check(lambda v: _positive_int(v) and v % 32 == 0,
-                              "must be a positive multiple of 32 (pixels)")),
-        "memory_gb": (None, _OPTIONAL_NUMBER),
+        # streaming's tile: null (the default) chooses it from memory_gb, else from the GPU's
+        # memory (nvidia-smi) or host RAM / ranks on the node (model.strategy.choose_tile).
+        # Setting both tile and memory_gb is an error.
+        "tile": (None, _check(lambda v: v is None or (_positive_int(v) and v % 32 == 0),
+                              "must be a positive multiple of 32 (pixels) or null")),
+        "memory_gb": (None, _OPTIONAL_NUMBER),  # GB a streaming step may use: picks the tile
         "batch_size": (8, _INT),
         "learning_rate": (1e-5, _NUMBER),
         "reduced_learning_rate": (1e-6, _NUMBER),
@@ -196,6 +204,10 @@ def _check_relations(cfg, path, world_size):
     if t["reduced_learning_rate"] > t["learning_rate"]:
         raise _err(path, "train.reduced_learning_rate", "{} is above learning_rate {}".format(
             t["reduced_learning_rate"], t["learning_rate"]))
+    if t["tile"] is not None and t["memory_gb"] is not None:
+        raise _err(path, "train.tile, train.memory_gb", "both set ({} px, {:g} GB): set one, or "
+                   "neither (the tile then comes from this machine's memory)".format(
+                       t["tile"], t["memory_gb"]))
     weights = cfg["model"]["weights"]
     if weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(weights)):
         raise _err(path, "model.weights",

@@ -1,12 +1,16 @@
-"""TensorFlow's process configuration: threads per rank, and the GPU memory strategy.
+"""TensorFlow's process configuration: threads per rank, the GPU, and the GPU's memory.
 
-The `unified` strategy is the original method's (aetherAI/whole-slide-cnn): the GPU allocator
-is given a memory fraction above 1,
+The `unified` strategy (opt-in) is the earlier released code's method (aetherAI/whole-slide-cnn),
+not this paper's, which does not mention memory (docs/fidelity.md, row `unified`): the GPU
+allocator is given a memory fraction above 1,
 
     per_process_gpu_memory_fraction = host RAM / GPU RAM,
 
 and TensorFlow then allocates CUDA unified (managed) memory, which the driver pages between
-GPU and host. A whole 21,500^2 slide fits on one GPU at the price of host RAM (256-512 GB).
+GPU and host. That code also rewrote the graph and used mixed precision to fit a 21,500^2 slide
+in 256-512 GB of host RAM; done plainly here, a step needs ~790 GB, which
+``model.strategy.check_memory`` refuses up front. Every other strategy keeps the default
+allocator: the session config turns unified memory on only for `unified`.
 
 Under eager execution the config must be given before the first op runs, so the CLI calls
 ``configure(config)`` at start, before ``tf.compat.v1.enable_v2_behavior()``.
@@ -25,12 +29,12 @@ def unified_memory_fraction(host_ram_bytes, gpu_ram_bytes):
 
 
 def session_config(host_ram_bytes=None, gpu_ram_bytes=None, local_rank=0, threads=None,
-                   unified=True, gpu=True):
+                   unified=False, gpu=True):
     """A ``tf.compat.v1.ConfigProto`` for one rank.
 
     - GPU: only the GPU ``local_rank`` is visible (one GPU per rank, as in Horovod's examples);
-      memory grows on demand (allow_growth); with ``unified`` and both RAM sizes known, the
-      allocator fraction is host/GPU RAM and ``use_unified_memory`` is set.
+      memory grows on demand (allow_growth); only with ``unified`` (the `unified` strategy) and
+      both RAM sizes known is the allocator fraction host/GPU RAM and ``use_unified_memory`` set.
     - CPU: ``threads`` intra-op threads and one inter-op thread (ranks share the cores).
     ``gpu=False`` (no GPU on the machine) leaves the GPU options alone: TF aborts when asked
     for a visible GPU that does not exist.
@@ -57,15 +61,25 @@ def host_ram_bytes():
     return psutil.virtual_memory().total
 
 
+def _device_index(local_rank):
+    """What nvidia-smi calls the ``local_rank``-th visible GPU: nvidia-smi ignores
+    CUDA_VISIBLE_DEVICES, whose entries (indices or UUIDs) it accepts after ``-i``."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if v.strip()]
+    return visible[local_rank] if local_rank < len(visible) else str(local_rank)
+
+
 def gpu_ram_bytes(local_rank=0):
-    """Total memory of GPU ``local_rank`` from nvidia-smi, or None without a GPU."""
+    """Total memory of the ``local_rank``-th visible GPU from nvidia-smi (memory.total), or None
+    without a GPU."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
-             "-i", str(local_rank)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            timeout=30, check=True).stdout.decode()
+             "-i", _device_index(int(local_rank))],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30,
+            check=True).stdout.decode()
         return int(float(out.strip().splitlines()[0])) * 1024 * 1024   # MiB
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         return None

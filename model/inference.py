@@ -16,6 +16,7 @@ Bad input raises ``data.errors.InputError`` subclasses naming the file or the va
 ``PredictionError`` here, ``CheckpointError``, ``SlideError``, ``CacheError``, ...
 """
 import os
+import sys
 
 import numpy as np
 
@@ -103,6 +104,10 @@ class Predictor(object):
                 canvas))
         self.canvas = int(canvas)
         self.resample = data.get("resample", "area")
+        # prepare --glass-to-white (not the paper's): a slide read here gets the same rewrite
+        # as the cached images the model was trained on.
+        from data.glass import check_threshold
+        self.glass_to_white = check_threshold(data.get("glass_to_white"), "data.glass_to_white")
         if strategy == "auto" and train.get("strategy"):
             strategy = train["strategy"]
         if strategy not in NAMES:
@@ -112,10 +117,14 @@ class Predictor(object):
         import tensorflow as tf
         if not tf.executing_eagerly():
             tf.compat.v1.enable_v2_behavior()
-        from model.strategy import make_strategy
+        from data.mpi import rank
+        from model.strategy import check_memory, make_strategy
+        check_memory(strategy, self.canvas, training=False)   # before the checkpoint is read
         self.model = _load_model(checkpoint_or_model)
-        self.strategy = make_strategy(strategy, self.model, tile=train.get("tile"),
-                                      memory_gb=train.get("memory_gb"))
+        self.strategy = make_strategy(
+            strategy, self.model, tile=train.get("tile"), memory_gb=train.get("memory_gb"),
+            canvas=self.canvas, training=False, mpp=self.target_mpp,
+            log=lambda line: print(line, file=sys.stderr, flush=True) if rank() == 0 else None)
 
     def prepare(self, slide, level0_mpp=None):
         """(image at target_mpp, level-0 mpp) of a slide path or an (array, mpp) pair."""
@@ -126,7 +135,7 @@ class Predictor(object):
             image = read_slide(path, self.target_mpp, mpp=level0_mpp, resample=self.resample)
             if level0_mpp is None:
                 level0_mpp = slide_info(path)["mpp_x"]
-            return image, float(level0_mpp)
+            return self._glass(image), float(level0_mpp)
         if not (isinstance(slide, tuple) and len(slide) == 2):
             raise PredictionError("slide must be a path or an (image, mpp) pair, got {}".format(
                 type(slide).__name__))
@@ -136,7 +145,13 @@ class Predictor(object):
                 image.dtype, image.shape))
         if abs(mpp - self.target_mpp) > 1e-6 * self.target_mpp:
             image = rescale(image, mpp, self.target_mpp)
-        return image, float(mpp if level0_mpp is None else level0_mpp)
+        return self._glass(image), float(mpp if level0_mpp is None else level0_mpp)
+
+    def _glass(self, image):
+        if self.glass_to_white is None:
+            return image
+        from data.glass import glass_to_white
+        return glass_to_white(image, self.glass_to_white)
 
     def predict(self, slide, cam=False, level0_mpp=None, origin_xy=(0.0, 0.0)):
         """The ``Prediction`` of one slide: a path (read at target_mpp) or ``(image, mpp)``.
@@ -227,6 +242,27 @@ def node_origin(row, base_dir):
     return (float(x0), float(y0))
 
 
+def tumour_polygons(row, base_dir):
+    """(tumour, within) of a row for the CAM's outlines and localisation: the polygons of its
+    ``foci`` GeoJSON (tumour annotations in level-0 pixels; None when the column is absent or
+    blank) and, for a node row, its ``annotation`` outline (the node; else None)."""
+    from data.manifest import resolve
+    from data.nodes import load_polygons
+    foci = _value(row, "foci")
+    if foci is None:
+        return None, None
+    tumour = load_polygons(resolve(base_dir, str(foci)))
+    ann = _value(row, "annotation")
+    within = None
+    if _value(row, "level", "slide") == "node" and ann is not None:
+        within = load_polygons(resolve(base_dir, str(ann)))
+    return tumour, within
+
+
+LOCALISATION_COLUMNS = ("slide_id", "level", "label", "threshold", "tumour_area", "cam_area",
+                        "overlap_area", "tumour_covered", "cam_in_tumour")
+
+
 def read_prepared(row, base_dir, target_mpp, resample="area"):
     """Prepared image of a row read from its slide (no cache): the whole slide, or the node's
     bounding box with everything outside its polygon white (data.nodes.crop_node)."""
@@ -285,7 +321,8 @@ def cohort_inputs(manifest, config, split="test", cache=None):
         index = cache_mod.load_index(cache_dir)
         index = index.set_index(index["slide_id"].astype(str), drop=False)
         cache_mod.check_made_with(index, cache_dir, cfg["data"]["target_mpp"],
-                                  cfg["data"].get("resample"))
+                                  cfg["data"].get("resample"),
+                                  glass_to_white=cfg["data"].get("glass_to_white"))
         missing = [s for s in rows["slide_id"].astype(str) if s not in index.index]
         if missing:
             raise PredictionError("{}: {} row(s) of the manifest are not prepared (e.g. {}); "
@@ -302,7 +339,10 @@ def predict_cohort(checkpoint_or_model, manifest, config, split="test", cache=No
 
     Each row's prepared image comes from the cache (``cohort_inputs``) or its slide (a node
     cropped by its polygon) and goes through ``Predictor.predict``. With ``cam_dir`` the CAM of
-    each row (the first ``limit_cams``) is exported there (model.cam.export_prediction).
+    each row (the first ``limit_cams``) is exported there (model.cam.export_prediction); a row
+    with tumour annotations (a ``foci`` GeoJSON) gets their outlines on its overlay, and its
+    localisation figures (stats.localisation, at ``cam_threshold``; areas in level-0 px^2) go to
+    ``cam_dir``/localisation.csv, one line per annotated row (LOCALISATION_COLUMNS).
     Returns (predictions, list of the CAM exports' {kind: path}).
     """
     import pandas as pd
@@ -322,7 +362,7 @@ def predict_cohort(checkpoint_or_model, manifest, config, split="test", cache=No
 
     from data import cache as cache_mod
     from model import cam as cam_mod
-    records, cams = [], []
+    records, cams, found = [], [], []
     columns = ["slide_id", "probability", "label", "level"] + [
         c for c in SUBGROUP_COLUMNS[1:] if c in rows.columns]
     for k, row in tqdm(list(rows.iterrows()), desc="predict", unit="slide",
@@ -346,7 +386,22 @@ def predict_cohort(checkpoint_or_model, manifest, config, split="test", cache=No
             record[c] = _value(row, c, "")
         records.append(record)
         if want_cam:
-            cams.append(cam_mod.export_prediction(
+            try:
+                tumour, within = tumour_polygons(row, base_dir)
+            except InputError as e:   # AnnotationError
+                raise PredictionError("{}: {}".format(sid, e))
+            paths = cam_mod.export_prediction(
                 result, cam_dir, sid, threshold=cam_threshold, downsample=cam_downsample,
-                tiff=cam_tiff, label=row["label"]))
+                tiff=cam_tiff, label=row["label"], tumour=tumour, within=within)
+            cams.append(paths)
+            if paths["localisation"] is not None:
+                found.append(dict(paths["localisation"], slide_id=sid, level=record["level"],
+                                  label=record["label"]))
+    if cam_dir is not None:
+        table = os.path.join(cam_dir, "localisation.csv")
+        if found:
+            from data.files import atomic_write_csv
+            atomic_write_csv(pd.DataFrame(found, columns=list(LOCALISATION_COLUMNS)), table)
+        elif os.path.isfile(table):   # an earlier run's figures would pass for this one's
+            os.remove(table)
     return pd.DataFrame(records, columns=columns), cams

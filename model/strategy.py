@@ -1,38 +1,202 @@
-"""Chooses how a slide's forward pass and gradients are computed (see docs/architecture.md).
+"""Chooses how a slide's forward pass and gradients are computed, and with how much memory
+(see docs/architecture.md, "Strategies and memory").
 
     direct     the whole image as one graph (model/direct.py)
     streaming  exact tile-wise computation, memory bounded by a tile (model/streaming.py)
-    unified    direct, on a GPU whose allocator oversubscribes into host RAM (model/gpu.py);
-               the session config is applied at program start by ``model.gpu.configure``
-    auto       streaming without a GPU, unified with one
+    unified    the earlier released code's method (aetherAI/whole-slide-cnn), not this paper's:
+               direct, on a GPU whose allocator oversubscribes into host RAM through CUDA
+               unified memory (model/gpu.py). Opt-in only; refused up front when its step would
+               not fit this host's RAM (``check_memory``)
+    auto       streaming, on a CPU and on a GPU alike
+
+Memory model. A step on a window of P input pixels takes about ``BASE_BYTES + bytes/px * P``.
+The per-pixel figures are the code's only memory constants: the streaming tile is chosen from
+them (``choose_tile``) and a whole-image step (direct, unified) is checked against them.
 """
+import collections
+import os
+
+from data.errors import InputError
+
 NAMES = ("direct", "streaming", "unified", "auto")
 
+# Training: direct steps measured here, 1024^2 -> 2.70 GB and 2048^2 -> 7.96 GB peak RSS
+# (docs/benchmarks.md, "## streaming"), i.e. ~1.67 KB/px over ~0.95 GB; BASE_BYTES adds the
+# streaming gradient accumulator and slack. Prediction keeps no activations for a backward pass;
+# its per-pixel figure is a conservative estimate, not a measurement.
+TRAIN_BYTES_PER_PIXEL = 1700
+PREDICT_BYTES_PER_PIXEL = 600
+BASE_BYTES = 1.5e9
+# Shares of memory a step may plan for, the rest left as headroom:
+# - GPU: the CUDA context, cuDNN workspaces and the allocator's fragmentation take the rest;
+# - host RAM (a CPU run): this rank's share of the node, of which the data pipeline (a prepared
+#   slide and its augmented copy), Python and the OS take the rest.
+GPU_SHARE = 0.75
+HOST_SHARE = 0.5
 
-def resolve(name, gpu_available=None):
-    """The concrete strategy that ``name`` means on this machine ('auto' decided here)."""
+
+class StrategyError(InputError, ValueError):
+    """The chosen strategy cannot run here (a whole-image step larger than host RAM): an
+    InputError for the CLI (one line, exit 2), a ValueError for the library's callers."""
+
+
+def resolve(name):
+    """The concrete strategy that ``name`` means: 'auto' is streaming on any machine (a direct
+    step at 21,500^2 px needs ~790 GB; docs/fidelity.md, row `direct-memory`)."""
     if name not in NAMES:
         raise ValueError("strategy must be one of {}, not {!r}".format(", ".join(NAMES), name))
-    if name != "auto":
-        return name
-    if gpu_available is None:
-        from model.gpu import gpu_available as probe
-        gpu_available = probe()
-    return "unified" if gpu_available else "streaming"
+    return "streaming" if name == "auto" else name
 
 
-def make_strategy(name, model, **options):
+def bytes_per_pixel(training=True):
+    return TRAIN_BYTES_PER_PIXEL if training else PREDICT_BYTES_PER_PIXEL
+
+
+def _gb(n_bytes):
+    return "{:.1f} GB".format(n_bytes / 1e9)
+
+
+def _int_env(names):
+    for name in names:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def local_rank():
+    """This rank's index among the ranks of its node, from the MPI launcher (0 without one)."""
+    found = _int_env(("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"))
+    return 0 if found is None else found
+
+
+def local_size():
+    """The number of ranks on this node, from the MPI launcher (1 without one)."""
+    found = _int_env(("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"))
+    return max(1, found or 1)
+
+
+def check_memory(name, canvas, training=True, host_ram=None, ranks=None, where=None):
+    """Refuses a whole-image strategy (``direct``, ``unified``) whose step on a ``canvas`` x
+    ``canvas`` px image would need more than this host's RAM for each of its ``ranks`` (default:
+    the ranks on this node): unified memory pages the GPU's allocations into host RAM, so host
+    RAM bounds it too. Raises ``StrategyError`` (one line, both figures, the way out); cheap, so
+    callers run it before any data or TensorFlow work. ``where``: what the message names first
+    (the config file)."""
+    if resolve(name) not in ("direct", "unified"):
+        return
+    from model import gpu
+    host_ram = gpu.host_ram_bytes() if host_ram is None else host_ram
+    ranks = local_size() if ranks is None else max(1, int(ranks))
+    per_pixel = bytes_per_pixel(training)
+    need = BASE_BYTES + per_pixel * float(canvas) ** 2
+    room = host_ram / float(ranks)
+    if need <= room:
+        return
+    raise StrategyError(
+        "{}train.strategy {}: a whole-image {} step on the {:,} px canvas needs about {} "
+        "({:,} B/px x {:,}^2 px), more than this host's RAM {}{}; use strategy streaming (or "
+        "auto), which is exact and bounded by one tile".format(
+            "{}: ".format(where) if where else "", name, "training" if training else "prediction",
+            int(canvas), _gb(need), per_pixel, int(canvas), _gb(host_ram),
+            "" if ranks == 1 else " / {} ranks = {}".format(ranks, _gb(room))))
+
+
+class TileChoice(collections.namedtuple("TileChoice", "tile margin source uncapped canvas")):
+    """The streaming tile (interior px, a multiple of 32), the margin, where the tile came from
+    (text), the tile before the canvas cap (None when not capped) and the canvas (px or None)."""
+    __slots__ = ()
+
+    def line(self, mpp=None):
+        """The one line a run prints about its tile (rank 0)."""
+        at = " at {:g} um/px".format(mpp) if mpp else ""
+        cap = "" if self.uncapped is None else "; capped from {} px, as the {:,} px canvas " \
+            "needs one window".format(self.uncapped, self.canvas)
+        return "streaming: tile {} px{} (interior; windows <= {} px{}) from {}".format(
+            self.tile, at, self.tile + 2 * self.margin, cap, self.source)
+
+
+def choose_tile(tile=None, memory_gb=None, canvas=None, training=True, margin=None,
+                rank_on_node=None, ranks_on_node=None, names=("train.tile", "train.memory_gb")):
+    """The streaming tile, from the first of:
+
+    1. ``tile`` (px), when the user set it;
+    2. ``memory_gb``: the largest tile whose step fits it (``model.streaming.tile_for_memory``);
+    3. on a GPU (``model.gpu.gpu_available``): GPU ``rank_on_node``'s memory.total from
+       nvidia-smi x ``GPU_SHARE``;
+    4. on a CPU: host RAM (psutil) / ``ranks_on_node`` x ``HOST_SHARE``.
+
+    Setting both ``tile`` and ``memory_gb`` is an error (``model.config`` says so for a config
+    file): one would silently lose. ``canvas``: px of the (square) image; the tile is capped at
+    the smallest that gives that canvas one window. ``training``: a training step's memory per
+    pixel, else prediction's. ``rank_on_node``/``ranks_on_node``: default from the MPI launcher's
+    environment (``local_rank``, ``local_size``). ``names``: what the source text calls the two
+    settings. Returns a ``TileChoice``; raises ValueError when a setting is impossible.
+    """
+    from model import gpu
+    from model.streaming import MARGIN, OUTPUT_STRIDE, tile_for_memory
+    margin = MARGIN if margin is None else int(margin)
+    if tile is not None and memory_gb is not None:
+        raise ValueError("{} and {}: set one, not both".format(*names))
+    if tile is not None:
+        tile = int(tile)
+        if tile < OUTPUT_STRIDE or tile % OUTPUT_STRIDE:
+            raise ValueError("{} must be a positive multiple of {} px, got {}".format(
+                names[0], OUTPUT_STRIDE, tile))
+        source = names[0]
+    elif memory_gb is not None:
+        tile = tile_for_memory(memory_gb, margin, training)
+        source = "{} = {:g} GB".format(names[1], memory_gb)
+    else:
+        rank = local_rank() if rank_on_node is None else int(rank_on_node)
+        device_bytes = gpu.gpu_ram_bytes(rank) if gpu.gpu_available() else None
+        if device_bytes:
+            budget = device_bytes * GPU_SHARE
+            source = "{} = GPU {} memory {} (nvidia-smi) x {:g}".format(
+                _gb(budget), rank, _gb(device_bytes), GPU_SHARE)
+        else:
+            ranks = local_size() if ranks_on_node is None else max(1, int(ranks_on_node))
+            host = gpu.host_ram_bytes()
+            budget = host / float(ranks) * HOST_SHARE
+            source = "{} = host RAM {} / {} rank{} x {:g}".format(
+                _gb(budget), _gb(host), ranks, "" if ranks == 1 else "s", HOST_SHARE)
+        try:
+            tile = tile_for_memory(budget / 1e9, margin, training)
+        except ValueError as e:
+            raise ValueError("{}: {}; set {} or {}".format(source, e, *names))
+    uncapped = None
+    if canvas is not None:
+        # one window covers an axis of L px once its interior reaches L - 2 margin
+        enough = max(OUTPUT_STRIDE, -(-(int(canvas) - 2 * margin) // OUTPUT_STRIDE) * OUTPUT_STRIDE)
+        if tile > enough:
+            tile, uncapped = enough, tile
+    return TileChoice(tile, margin, source, uncapped, None if canvas is None else int(canvas))
+
+
+def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=True, log=None,
+                  mpp=None, rank_on_node=None, ranks_on_node=None, **options):
     """A strategy object with ``gradients(image, label)`` and ``predict(image, cam=False)``.
 
-    Options: ``tile`` (pixels, a multiple of 32) and ``memory_gb`` for streaming; ignored by the
-    others, so one config can name any strategy.
+    Streaming takes its tile from ``choose_tile`` (given the arguments of the same names) and
+    keeps the ``TileChoice`` as ``.tile_choice``; ``log`` (a callable) receives its one line
+    (``TileChoice.line(mpp)``, ``mpp``: um per input px). The whole-image strategies ignore the
+    tile settings (so one config can name any strategy) and, with ``canvas``, are checked
+    against host RAM (``check_memory``). ``options``: more
+    ``model.streaming.Streaming`` keyword arguments (``margin``, ``progress``, ...).
     """
-    concrete = resolve(name, options.pop("gpu_available", None))
+    concrete = resolve(name)
     if concrete == "streaming":
-        import importlib   # lazily: written separately, and only needed when chosen
+        import importlib   # lazily: only needed when chosen, and it loads TensorFlow
         streaming = importlib.import_module("model.streaming")
-        kwargs = {k: options[k] for k in ("tile", "memory_gb") if options.get(k) is not None}
-        return streaming.Streaming(model, **kwargs)
+        choice = choose_tile(tile, memory_gb, canvas, training, options.get("margin"),
+                             rank_on_node, ranks_on_node)
+        strategy = streaming.Streaming(model, tile=choice.tile, **options)
+        strategy.tile_choice = choice
+        if log is not None:
+            log(choice.line(mpp))
+        return strategy
+    if canvas is not None:
+        check_memory(concrete, canvas, training)
     from model.direct import Direct
     strategy = Direct(model)
     strategy.name = concrete

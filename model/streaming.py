@@ -56,19 +56,12 @@ import tensorflow as tf
 from data.canvas import as_canvas
 from model.loss import bce, sigmoid
 from model.resnet import FEATURES, OUTPUT_STRIDE, cam_logits
+from model.strategy import BASE_BYTES, bytes_per_pixel, choose_tile
 
 RECEPTIVE_FIELD = 483                       # px, ResNet-50 (keras_applications, see above)
 _RADIUS = (RECEPTIVE_FIELD - 1) // 2        # 241 px on either side of the cell centre
 MARGIN = -(-_RADIUS // OUTPUT_STRIDE) * OUTPUT_STRIDE   # 256 px: smallest exact margin
-# Peak resident memory of a step on a window of P input pixels ~ BASE_BYTES + PER_PIXEL * P, plus
-# the uint8 slide (3 bytes/px). Training: direct steps measured here, 1024^2 -> 2.70 GB and
-# 2048^2 -> 7.96 GB peak RSS (docs/benchmarks.md, "## streaming"), i.e. ~1.67 KB/px over ~0.95 GB;
-# BASE_BYTES adds the streaming gradient accumulator and slack. Prediction keeps no activations
-# for a backward pass; its per-pixel figure is a conservative estimate, not a measurement.
-TRAIN_BYTES_PER_PIXEL = 1700
-PREDICT_BYTES_PER_PIXEL = 600
-BASE_BYTES = 1.5e9
-DEFAULT_TILE = 1792      # px of interior; windows <= 2304 px, ~10 GB per training step
+# The memory model (bytes per input pixel of a step) is model.strategy's, which also picks the tile.
 
 
 def output_cells(pixels):
@@ -179,8 +172,9 @@ def _area(row, col):
 
 
 def tile_for_memory(memory_gb, margin=MARGIN, training=True):
-    """The largest interior tile (px, multiple of 32) whose square window fits ``memory_gb``."""
-    per_pixel = TRAIN_BYTES_PER_PIXEL if training else PREDICT_BYTES_PER_PIXEL
+    """The largest interior tile (px, multiple of 32) whose square window's step (training, or
+    prediction) fits ``memory_gb`` (model.strategy's memory model)."""
+    per_pixel = bytes_per_pixel(training)
     room = float(memory_gb) * 1e9 - BASE_BYTES
     window = math.sqrt(max(room, 0.0) / per_pixel)
     tile = int((window - 2 * margin) // OUTPUT_STRIDE) * OUTPUT_STRIDE
@@ -292,11 +286,13 @@ class Streaming(object):
 
     ``tile``: interior side of a middle tile in px (multiple of 32); windows hold at most
     ``(tile + 2 margin)^2`` px, in any shape (``plan_windows``); or ``memory_gb``: the tile is
-    chosen so that a training step fits that budget (``tile_for_memory``); neither:
-    ``DEFAULT_TILE``. ``margin``: px added around each interior; below ``MARGIN`` (256) the result
-    is not exact, which only ``allow_inexact=True`` permits (the selfcheck uses it to show that it
-    notices). ``skip_uniform``: compute fill-only cells once from a proxy (``plan``); False tiles
-    every cell. ``progress``: a tqdm bar over the windows of each call.
+    chosen so that a training step fits that budget (``tile_for_memory``); neither: from this
+    machine's memory (``model.strategy.choose_tile``, the one place a default tile comes from;
+    ``model.strategy.make_strategy`` passes its choice in). ``margin``: px added around each
+    interior; below ``MARGIN`` (256) the result is not exact, which only ``allow_inexact=True``
+    permits (the selfcheck uses it to show that it notices). ``skip_uniform``: compute fill-only
+    cells once from a proxy (``plan``); False tiles every cell. ``progress``: a tqdm bar over the
+    windows of each call.
 
     ``predict`` and ``gradients`` take a ``data.canvas.Canvas`` (or the pipeline's dict of it);
     a dense uint8 image is read as ``Canvas.from_dense``. ``last_plan`` is the last call's Plan.
@@ -312,7 +308,7 @@ class Streaming(object):
             raise ValueError("margin {} px < {} px (receptive-field radius {} px): tiles would not "
                              "be exact".format(margin, MARGIN, _RADIUS))
         if tile is None:
-            tile = tile_for_memory(memory_gb, margin) if memory_gb else DEFAULT_TILE
+            tile = choose_tile(memory_gb=memory_gb, margin=margin).tile
         tile = int(tile)
         if tile < OUTPUT_STRIDE or tile % OUTPUT_STRIDE:
             raise ValueError("tile must be a positive multiple of {} px, got {}"

@@ -244,8 +244,10 @@ def load_cohort(cfg):
     from data.cache import CacheError, check_made_with, load_index
     try:
         index = load_index(cache)
-        # a cache made at another mpp or with another filter is not silently trained on
-        check_made_with(index, cache, cfg["data"]["target_mpp"], cfg["data"]["resample"])
+        # a cache made at another mpp, with another filter or another glass threshold
+        # (prepare --glass-to-white) is not silently trained on
+        check_made_with(index, cache, cfg["data"]["target_mpp"], cfg["data"]["resample"],
+                        glass_to_white=cfg["data"].get("glass_to_white"))
     except CacheError as e:
         raise TrainingError("data.cache: {}".format(e))
     manifest = cfg["data"]["manifest"]
@@ -342,6 +344,8 @@ def fit(config, *, resume=False, **overrides):
 
     world = mpi.world_size()
     cfg = load_config(config, overrides=_overrides(overrides), world_size=world)
+    from model.strategy import check_memory   # a whole-image step too big: refused before any work
+    check_memory(cfg["train"]["strategy"], cfg["data"]["canvas"], where=cfg.path)
     out = cfg["out"]
     last, best = _open_run(cfg, resume)
     train_index, val_index = load_cohort(cfg)
@@ -382,7 +386,10 @@ def fit(config, *, resume=False, **overrides):
     except WeightsError as e:
         raise TrainingError("{}: model.weights: {}".format(cfg.path, e))
     try:
-        strategy = make_strategy(strategy_name, model, tile=t["tile"], memory_gb=t["memory_gb"])
+        strategy = make_strategy(strategy_name, model, tile=t["tile"], memory_gb=t["memory_gb"],
+                                 canvas=cfg["data"]["canvas"], mpp=cfg["data"]["target_mpp"],
+                                 log=lambda line: _say(rank, line),
+                                 rank_on_node=local_rank, ranks_on_node=hvd.local_size())
     except ValueError as e:
         raise TrainingError("{}: train.strategy {} (tile {}, memory_gb {}): {}".format(
             cfg.path, strategy_name, t["tile"], t["memory_gb"], e))

@@ -38,6 +38,8 @@ COMMANDS = {
     "train": ("reproduce.train", "train the whole-slide ResNet-50 (run under mpirun for Horovod)"),
     "predict": ("reproduce.predict", "predict slides and nodes, export class activation maps"),
     "table": ("reproduce.table", "the paper's tables and figures from a predictions CSV"),
+    "report": ("reproduce.report", "one self-contained HTML report of a run: table, figures, "
+                                   "CAMs, provenance"),
     "demo": ("reproduce.demo", "the embedded synthetic default, end to end (make reproduce-table)"),
     "bench": ("reproduce.bench", "time and peak memory of one training step (direct|streaming)"),
     "selfcheck": ("reproduce.selfcheck", "streaming against whole-image forward and gradients"),

@@ -41,7 +41,8 @@ def add_arguments(parser):
     parser.add_argument("--width", type=int, help="image width in px (overrides --size)")
     parser.add_argument("--mode", choices=("direct", "streaming"), default="streaming")
     parser.add_argument("--tile", type=int, default=None,
-                        help="streaming tile interior in px (multiple of 32)")
+                        help="streaming tile interior in px (multiple of 32); default: from "
+                             "--memory-gb, else from this machine's memory, as in training")
     parser.add_argument("--memory-gb", type=float, default=None,
                         help="streaming: choose the tile for this memory budget")
     parser.add_argument("--steps", type=int, default=1, help="timed steps (after tracing)")
@@ -88,12 +89,22 @@ def content_step(size, content, seed, rotate=None):
     return _image(*content), params
 
 
+def streaming_tile(tile, memory_gb, height, width, predict=False):
+    """The streaming tile as training and prediction choose it (``model.strategy.choose_tile``:
+    --tile, else --memory-gb, else this machine's memory); its line goes to stderr."""
+    from model.strategy import choose_tile
+    choice = choose_tile(tile, memory_gb, canvas=max(height, width), training=not predict,
+                         names=("--tile", "--memory-gb"))
+    print(choice.line(), file=sys.stderr, flush=True)
+    return choice.tile
+
+
 def plan_only(size, content, seed, rotate=None, tile=None, memory_gb=None):
-    """The planner's figures for a --content canvas, without TensorFlow."""
+    """The planner's figures for a --content canvas, without a network."""
     import time
     from data import augment
     from model import streaming
-    tile = tile or (streaming.tile_for_memory(memory_gb) if memory_gb else streaming.DEFAULT_TILE)
+    tile = streaming_tile(tile, memory_gb, size, size)
     tissue, params = content_step(size, content, seed, rotate)
     start = time.perf_counter()
     canvas = augment.apply_canvas(tissue, params, size)
@@ -122,7 +133,8 @@ def measure(height, width, mode, tile=None, memory_gb=None, steps=1, predict=Fal
     result = dict(height=height, width=width, mode=mode, predict=predict, steps=steps)
     if mode == "streaming":
         from model.streaming import Streaming
-        strategy = Streaming(model, tile=tile, memory_gb=memory_gb, progress=progress)
+        strategy = Streaming(model, tile=streaming_tile(tile, memory_gb, height, width, predict),
+                             progress=progress)
         result.update(tile=strategy.tile, margin=strategy.margin)
         warm = (strategy.margin + 64, strategy.margin + 64)
     else:
@@ -190,10 +202,12 @@ def run(args):
         raise UserError("--tile must be a positive multiple of 32 px, got {}".format(args.tile))
     if args.steps < 1:
         raise UserError("--steps must be at least 1")
-    if args.mode == "streaming" and args.memory_gb is not None and args.tile is None:
+    if args.mode == "streaming" and args.tile is not None and args.memory_gb is not None:
+        raise UserError("--tile and --memory-gb: give one (the tile is chosen from the memory)")
+    if args.mode == "streaming" and args.memory_gb is not None:
         from model.streaming import tile_for_memory
         try:
-            tile_for_memory(args.memory_gb)
+            tile_for_memory(args.memory_gb, training=not args.predict)
         except ValueError as e:
             raise UserError("--memory-gb: {}".format(e))
     content = None

@@ -1,12 +1,16 @@
 """`python -m reproduce demo` (= `make reproduce-table`): the whole reproduction, end to end.
 
-Three ways to run it:
+Four ways to run it:
 
 * no --predictions, no --manifest: the embedded default on a SYNTHETIC cohort
       synth -> prepare -> train (mpirun -np N, Horovod) -> predict --cam (test split) -> table
+      -> report (one self-contained HTML file: table, figures, CAM gallery, provenance)
 * --manifest M.csv (with a real config, e.g. configs/paper.yaml): the same pipeline on your
   slides, from prepare on: the paper's own protocol;
-* --predictions P.csv [--manifest M.csv]: only the table, from your predictions.
+* --predictions P.csv [--manifest M.csv]: only the table (and the report), from your
+  predictions;
+* --paper-scale: configs/paper.yaml itself (weights none, step counts cut) at 21,500^2 on a
+  synthetic cohort at 2.28 um/px, with stage timings and peak memory (reproduce/paper_scale.py).
 
 Every stage is a subprocess whose command line is printed first, so any step can be rerun by
 hand. A finished stage leaves a stamp file (OUT/.stamps/<stage>.json holding its command); a
@@ -17,20 +21,21 @@ import hashlib
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
 from data.files import atomic_write_text
+from reproduce import measure, paper_scale
 from reproduce.errors import UserError
 
-STAGES = ("synth", "prepare", "train", "predict", "table")
+STAGES = ("synth", "prepare", "train", "predict", "table", "report")
 
 # The synthetic cohort of the embedded default: small enough for ten minutes on two CPU cores,
 # with every size category (macro, micro, ITC) and subtype among the positives.
 SYNTH_SLIDES = 100
 SYNTH_SEED = 7
 SYNTH_MPP = 4.0
+DEMO_CONFIG = "configs/demo.yaml"
 
 
 def add_arguments(parser):
@@ -38,15 +43,17 @@ def add_arguments(parser):
                         help="everything goes here (default: %(default)s)")
     parser.add_argument("--np", type=int, default=2, metavar="N",
                         help="training ranks for mpirun (default: %(default)s)")
-    parser.add_argument("--config", default="configs/demo.yaml", metavar="C.yaml",
-                        help="training config (default: %(default)s)")
+    parser.add_argument("--config", default=None, metavar="C.yaml",
+                        help="training config (default: {}; --paper-scale derives its own from "
+                             "configs/paper.yaml)".format(DEMO_CONFIG))
     parser.add_argument("--predictions", metavar="P.csv",
                         help="only make the table from these predictions")
     parser.add_argument("--manifest", metavar="M.csv",
                         help="your cohort instead of the synthetic one (or, with --predictions, "
                              "the subgroup columns)")
-    parser.add_argument("--slides", type=int, default=SYNTH_SLIDES,
-                        help="synthetic cohort size (default: %(default)s)")
+    parser.add_argument("--slides", type=int, default=None,
+                        help="synthetic cohort size (default: {}; --paper-scale: {})".format(
+                            SYNTH_SLIDES, paper_scale.SLIDES))
     parser.add_argument("--seed", type=int, default=SYNTH_SEED,
                         help="synthetic cohort seed (default: %(default)s)")
     parser.add_argument("--synth-args", default="", metavar="'ARGS'",
@@ -56,6 +63,7 @@ def add_arguments(parser):
     parser.add_argument("--mpirun", default="mpirun --allow-run-as-root --oversubscribe",
                         help="launcher prefix; -np N is appended (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="ignore stamps: rerun every stage")
+    paper_scale.add_arguments(parser)
 
 
 # --------------------------------------------------------------------------- stages
@@ -73,6 +81,7 @@ class Runner:
         self.force = force
         self.changed = False     # once a stage reruns, all later stages rerun too
         self.timings = []
+        self.memory = {}         # stage -> peak RSS (reproduce.measure.call)
 
     def _stamp(self, stage):
         return os.path.join(self.stamps, stage + ".json")
@@ -116,17 +125,21 @@ class Runner:
         merged = dict(os.environ)
         merged.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's C++ chatter (CUDA probing)
         merged.update(env or {})
-        rc = subprocess.call(command, env=merged)
+        rc, memory = measure.call(command, env=merged)
         seconds = time.time() - t0
+        self.memory[stage] = memory
         if rc != 0:
             again = command if rerun is None else rerun()
             raise UserError("demo stage '{}' failed (exit {}); rerun it with: {}".format(
                 stage, rc, " ".join(shlex.quote(c) for c in again)))
         atomic_write_text(self._stamp(stage), json.dumps({
             "command": key, "inputs": self.fingerprint(inputs), "seconds": round(seconds, 1),
+            "peak_rss_gb": memory["largest_gb"],
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
         self.timings.append((stage, seconds))
-        print("[demo] {}: {:.0f} s".format(stage, seconds), flush=True)
+        print("[demo] {}: {:.0f} s, peak RSS {:.1f} GB (largest process), {:.1f} GB (all at "
+              "once)".format(stage, seconds, memory["largest_gb"], memory["together_gb"]),
+              flush=True)
 
 
 def paths(out):
@@ -141,9 +154,11 @@ def paths(out):
 
 
 def synth_command(args, p):
-    # 4 um/px level 0 (10x-like) renders fast and is still 4x finer than the demo's target mpp.
+    # 4 um/px level 0 (10x-like) renders fast and is still 4x finer than the demo's target mpp;
+    # --paper-scale renders at its config's target mpp (2.28 um/px, the paper's scale).
     return _py("synth", "--out", p["cohort"], "--slides", args.slides, "--seed", args.seed,
-               "--mpp", SYNTH_MPP, "--compression", "zlib", *shlex.split(args.synth_args))
+               "--mpp", getattr(args, "synth_mpp", SYNTH_MPP), "--compression", "zlib",
+               *shlex.split(args.synth_args))
 
 
 def prepare_command(args, manifest, cache, target_mpp):
@@ -169,6 +184,23 @@ def table_command(predictions, out, manifest=None, log=None, title=""):
     if log and os.path.isfile(log):
         cmd += ["--log", log]
     return cmd
+
+
+def report_command(out, predictions, manifest=None, config=None):
+    cmd = _py("report", "--run", out, "--predictions", predictions)
+    if manifest:
+        cmd += ["--manifest", manifest]
+    if config:
+        cmd += ["--config", config]
+    return cmd
+
+
+def _report(runner, out, predictions, manifest=None, config=None):
+    """The last stage: the self-contained HTML report (seconds; always rerun, like the table).
+    Its path is the demo's last line."""
+    runner.stage("report", report_command(out, predictions, manifest, config), always=True)
+    print("\n[demo] report: {}  (one self-contained HTML file; open it in a browser)".format(
+        os.path.abspath(os.path.join(out, "report.html"))), flush=True)
 
 
 def _resumable(runner, command, inputs, run_dir):
@@ -235,6 +267,10 @@ def run(args):
     out = args.out
     p = paths(out)
     runner = Runner(out, force=args.force)
+    # --paper-scale: checks its flags, writes OUT/paper-scale.yaml and points args.config at it
+    scale = paper_scale.setup(args)
+    args.config = args.config or DEMO_CONFIG
+    args.slides = SYNTH_SLIDES if args.slides is None else args.slides
 
     if args.predictions:                       # the table only, from the user's predictions
         if not os.path.isfile(args.predictions):
@@ -244,6 +280,7 @@ def run(args):
         runner.stage("table", table_command(args.predictions, p["table"], args.manifest),
                      always=True)
         _summary(runner, p, p["table"])
+        _report(runner, out, args.predictions, args.manifest)
         return 0
 
     from model.config import check_world_size, load_config
@@ -252,6 +289,7 @@ def run(args):
     synthetic = args.manifest is None
     if synthetic:
         manifest, title = p["manifest"], "SYNTHETIC cohort (embedded demo, not the paper's data)"
+        title = scale.title if scale else title
         runner.stage("synth", synth_command(args, p))
     else:
         if not os.path.isfile(args.manifest):
@@ -271,4 +309,7 @@ def run(args):
     runner.stage("table", table_command(predictions, p["table"], manifest,
                                         _train_log(p["train"]), title), always=True)
     _summary(runner, p, p["table"], os.path.join(p["predict"], "cam"))
+    _report(runner, out, predictions, manifest, args.config)
+    if scale:
+        scale.finish(runner)
     return 0

@@ -10,7 +10,9 @@ white, or centre-cropped), and the best checkpoint's strategy gives
 Writes DIR/predictions.csv (slide_id, probability, label, level + size_category, subtype,
 chemo where the manifest has them; the input of `reproduce table`) and, with --cam, the CAM of
 each row under DIR/cam/ (model/cam.py: PNG overlay, GeoJSON of high-CAM regions in level-0
-slide pixels, optionally a TIFF). The work is ``model.inference.predict_cohort``'s, the code path
+slide pixels, optionally a TIFF). Rows with tumour annotations (manifest column ``foci``) get
+their outlines on the overlay and their CAM localisation (stats/localisation.py) in
+DIR/cam/localisation.csv, which `reproduce table` reads from beside predictions.csv. The work is ``model.inference.predict_cohort``'s, the code path
 of the Python API ``predict_slide``; this module parses the command line and calls it.
 """
 import os
@@ -41,8 +43,8 @@ def add_arguments(parser):
                         help="override the config's train.strategy")
     parser.add_argument("--cam", action="store_true", help="export CAMs under DIR/cam/")
     parser.add_argument("--cam-threshold", type=float, default=0.5,
-                        help="sigmoid CAM value from which a region is exported and drawn "
-                             "(default: %(default)s)")
+                        help="sigmoid CAM value from which a region is exported, drawn and "
+                             "counted as lit in the localisation figures (default: %(default)s)")
     parser.add_argument("--cam-downsample", type=int, default=1,
                         help="CAM maps at target_mpp x this (1 = full prepared size; use 4 "
                              "for paper-sized slides) (default: %(default)s)")

@@ -4,10 +4,13 @@
     python -m reproduce prepare --config configs/paper.yaml --manifest M.csv   # cache, mpp and
                                                      # filter from data.cache/target_mpp/resample
     mpirun -np 4 python -m reproduce prepare ...      # rows spread over the MPI ranks
+    python -m reproduce prepare ... --glass-to-white 240   # opt-in, NOT the paper's: near-white
+                                                     # glass becomes pure white (data/glass.py)
 
 A flag given on the command line wins over the config. The manifest is validated first; every
 problem is printed and the exit status is 2. A rerun skips rows already cached with the same
-target mpp and resampling filter, so an interrupted run resumes. Layout: see ``data.cache``.
+target mpp, resampling filter and glass threshold, so an interrupted run resumes. Layout: see
+``data.cache``.
 """
 import json
 import sys
@@ -36,6 +39,15 @@ def add_arguments(parser):
                         help="resampling filter: area (exact box filter; the default) or cubic "
                              "(cv2.INTER_CUBIC of the level read, as the released code); default: "
                              "the config's data.resample, else area")
+    parser.add_argument("--glass-to-white", metavar="T",
+                        help="DEPARTS FROM THE PAPER (which feeds the slide as scanned): make "
+                             "glass pure white (255, 255, 255) so that streaming skips it like "
+                             "the padding. Glass: pixels whose every channel is >= T (an integer "
+                             "1-255; e.g. 240), kept where a 5x5 px opening keeps them, so pale "
+                             "specks inside tissue stay. Default: the config's "
+                             "data.glass_to_white, else off ('off' turns it off); the cache "
+                             "records it and re-reads on a change (docs/fidelity.md, row "
+                             "glass-to-white)")
     parser.add_argument("--split", nargs="+", choices=("train", "val", "test"),
                         help="only these splits (the whole manifest is still validated)")
     parser.add_argument("--format", choices=("png", "npy"), default="png",
@@ -44,8 +56,9 @@ def add_arguments(parser):
 
 
 def settings(args):
-    """(manifest, cache folder, target mpp, resample) from the flags, then the config, then the
-    defaults. UserError when the manifest or the cache folder is given by neither."""
+    """(manifest, cache folder, target mpp, resample, glass threshold or None) from the flags,
+    then the config, then the defaults. UserError when the manifest or the cache folder is given
+    by neither; GlassError (one line) for a bad --glass-to-white."""
     data = {}
     if args.config:
         from model.config import load_config
@@ -60,16 +73,19 @@ def settings(args):
     target_mpp = args.target_mpp if args.target_mpp is not None else data.get(
         "target_mpp", DEFAULT_TARGET_MPP)
     resample = args.resample or data.get("resample", DEFAULT_RESAMPLE)
-    return manifest, out, target_mpp, resample
+    from data.glass import check_threshold
+    flag = getattr(args, "glass_to_white", None)
+    glass = check_threshold(flag) if flag is not None else data.get("glass_to_white")
+    return manifest, out, target_mpp, resample, glass
 
 
 def run(args):
     from data.cache import PrepareError, prepare
 
-    manifest, out, target_mpp, resample = settings(args)
+    manifest, out, target_mpp, resample, glass = settings(args)
     try:
         s = prepare(manifest, out, target_mpp=target_mpp, splits=args.split, fmt=args.format,
-                    progress=not args.no_progress, resample=resample)
+                    progress=not args.no_progress, resample=resample, glass_to_white=glass)
     except PrepareError as e:
         from data.cache import _mpi  # only rank 0 prints, the verdict is the same everywhere
         if _mpi()[1] == 0:
@@ -87,5 +103,5 @@ def run(args):
                   s["skipped"], len(s["failed"]), s["seconds"], s["level0_megapixels_per_s"],
                   s["output_megapixels_per_s"]), file=sys.stderr)
         print(json.dumps(dict({k: v for k, v in s.items() if k != "rank"}, resample=resample,
-                              target_mpp=float(target_mpp))))
+                              target_mpp=float(target_mpp), glass_to_white=glass)))
     return 1 if s["failed"] else 0

@@ -12,6 +12,13 @@ inferred, the paper does not say which negatives (docs/fidelity.md, row ``subgro
 accuracy of those rows is over the same cases. The chemo row is every case with
 chemo = 1 (its own positives and negatives); the paper reports only its accuracy.
 
+Where the predictions' CAMs were measured against tumour annotations (``predict --cam`` on a
+manifest with a ``foci`` column writes cam/localisation.csv beside predictions.csv; see
+stats/localisation.py), a localisation line per level is added: over the annotated positive
+cases, the mean and median fraction of the tumour area with CAM >= the CAM threshold, and of the
+CAM >= threshold area that lies in tumour (CSV rows with group ``localisation``, ``loc_*``
+columns).
+
 Writes OUT/table.md, OUT/table.csv and the figures (stats/figures.py), then prints the
 Markdown table.
 """
@@ -33,7 +40,8 @@ LEVEL_NAMES = {"slide": "Slide level", "node": "Single-lymph-node level"}
 GROUP_NAMES = {"overall": "Overall", "macro": "Macrometastasis", "micro": "Micrometastasis",
                "itc": "Isolated tumour cells", "classical": "Classical adenocarcinoma",
                "mucinous": "Mucinous adenocarcinoma",
-               "signet_poorly": "Signet ring / poorly differentiated", "chemo": "Preoperative chemo"}
+               "signet_poorly": "Signet ring / poorly differentiated", "chemo": "Preoperative chemo",
+               "localisation": "CAM localisation (annotated positives)"}
 OPTIONAL = ("level", "size_category", "subtype", "chemo")
 ALLOWED = {"level": LEVELS, "size_category": SIZE_CATEGORIES, "subtype": SUBTYPE_GROUPS,
            "chemo": ("0", "1")}
@@ -42,7 +50,12 @@ CSV_COLUMNS = ["level", "group", "n_pos", "n_neg", "auc", "auc_lower", "auc_uppe
                "wilson_upper_pct", "wald_lower_pct", "wald_upper_pct", "sensitivity_pct",
                "paper_auc", "paper_auc_lower", "paper_auc_upper", "auc_diff",
                "paper_accuracy_pct", "paper_accuracy_pct_lower", "paper_accuracy_pct_upper",
-               "accuracy_diff_pct", "paper_note"]
+               "accuracy_diff_pct", "paper_note",
+               # the localisation rows (group 'localisation'); blank on the others
+               "loc_cam_threshold", "loc_n", "loc_tumour_covered_pct_mean",
+               "loc_tumour_covered_pct_median", "loc_n_cam", "loc_cam_in_tumour_pct_mean",
+               "loc_cam_in_tumour_pct_median"]
+LOCALISATION_NAME = os.path.join("cam", "localisation.csv")   # beside predictions.csv
 
 
 def add_arguments(parser):
@@ -60,6 +73,9 @@ def add_arguments(parser):
     parser.add_argument("--title", default="",
                         help="label for the title line, e.g. 'SYNTHETIC cohort'")
     parser.add_argument("--no-figures", action="store_true", help="tables only")
+    parser.add_argument("--localisation", metavar="L.csv",
+                        help="CAM localisation figures of `predict --cam` (default: "
+                             "cam/localisation.csv beside the predictions, when present)")
 
 
 def run(args):
@@ -70,11 +86,19 @@ def run(args):
     if args.log:
         from stats import figures
         log = figures.load_log(args.log)  # validate before any work
+    loc_path = args.localisation
+    if loc_path is None:
+        beside = os.path.join(os.path.dirname(os.path.abspath(args.predictions)),
+                              LOCALISATION_NAME)
+        loc_path = beside if os.path.isfile(beside) else None
+    loc_rows = []
+    if loc_path is not None:
+        loc_rows = localisation_rows(load_localisation(loc_path), df)
     paper = load_paper_values()
     rows, notes, cases = compute_rows(df, paper)
-    md = render_markdown(rows, notes, paper, args.title, args.predictions)
+    md = render_markdown(rows, notes, paper, args.title, args.predictions, loc_rows, loc_path)
     os.makedirs(args.out, exist_ok=True)
-    atomic_write_text(os.path.join(args.out, "table.csv"), render_csv(rows))
+    atomic_write_text(os.path.join(args.out, "table.csv"), render_csv(rows + loc_rows))
     atomic_write_text(os.path.join(args.out, "table.md"), md)
     written = []
     if not args.no_figures:
@@ -183,6 +207,66 @@ def _fill_from_manifest(df, manifest_path):
             df[col] = from_manifest
         else:  # keep what the predictions say; fill only its blanks
             df[col] = df[col].where(df[col] != "", from_manifest)
+
+
+LOCALISATION_COLUMNS = ("slide_id", "level", "label", "threshold", "tumour_area", "cam_area",
+                        "overlap_area", "tumour_covered", "cam_in_tumour")
+
+
+def load_localisation(path):
+    """The per-case localisation CSV of ``predict --cam`` (model.inference.LOCALISATION_COLUMNS),
+    checked: numbers where numbers belong (blank tumour_covered / cam_in_tumour = undefined),
+    one CAM threshold for the whole file."""
+    import pandas as pd
+    loc = _read_csv(path, "localisation")
+    for col in LOCALISATION_COLUMNS:
+        if col not in loc.columns:
+            raise UserError("localisation {}: missing column '{}' (have: {})".format(
+                path, col, ", ".join(loc.columns)))
+    loc["slide_id"] = loc["slide_id"].str.strip()
+    loc["level"] = loc["level"].str.strip().str.lower().replace("", "slide")
+    _bad_rows(path, "level", (~loc["level"].isin(LEVELS)).values, loc["level"].values,
+              "one of " + "|".join(LEVELS))
+    for col in LOCALISATION_COLUMNS[2:]:
+        v = pd.to_numeric(loc[col], errors="coerce")
+        blank_ok = col in ("tumour_covered", "cam_in_tumour")
+        bad = ~np.isfinite(v.values) & ~(blank_ok & (loc[col].str.strip() == "").values)
+        if col == "label":
+            bad |= ~v.isin([0, 1]).values
+        _bad_rows(path, col, bad, loc[col].values, "a number" if col != "label" else "0 or 1")
+        loc[col] = v.astype(float)
+    thresholds = sorted(set(loc["threshold"]))
+    if len(thresholds) > 1:
+        raise UserError("localisation {}: column 'threshold' must hold one CAM threshold for "
+                        "every row, found {}".format(path, ", ".join(map(str, thresholds))))
+    return loc
+
+
+def localisation_rows(loc, df):
+    """One table row per level (group 'localisation') over the annotated positive cases of the
+    predictions (label 1, tumour area > 0 in the image): n, mean and median of the tumour area
+    with CAM >= threshold (%) and, over the cases with any CAM >= threshold, of the lit area
+    that lies in tumour (%)."""
+    from stats.localisation import summary
+    nan = float("nan")
+    keep = set(zip(df["slide_id"], df["level"]))
+    rows = []
+    for level in ("slide", "node"):
+        sel = loc[(loc["level"] == level) & (loc["label"] == 1) & (loc["tumour_area"] > 0)]
+        sel = sel[[(s, level) in keep for s in sel["slide_id"]]]
+        if len(sel) == 0:
+            continue
+        n, covered_mean, covered_median = summary(sel["tumour_covered"])
+        n_cam, inside_mean, inside_median = summary(sel["cam_in_tumour"])
+        row = dict.fromkeys(CSV_COLUMNS, nan)
+        row.update(level=level, group="localisation", n_pos=n, paper_note="",
+                   loc_cam_threshold=float(sel["threshold"].iloc[0]), loc_n=n,
+                   loc_tumour_covered_pct_mean=100 * covered_mean,
+                   loc_tumour_covered_pct_median=100 * covered_median, loc_n_cam=n_cam,
+                   loc_cam_in_tumour_pct_mean=100 * inside_mean,
+                   loc_cam_in_tumour_pct_median=100 * inside_median)
+        rows.append(row)
+    return rows
 
 
 def load_paper_values(path=PAPER_VALUES):
@@ -334,7 +418,44 @@ def _discussion_auc(paper, level, group):
     return "" if alt is None else " (Discussion: {:.4f})".format(float(alt))
 
 
-def render_markdown(rows, notes, paper, title, source):
+def render_localisation(loc_rows, source):
+    """The Markdown section of the localisation rows, with its definitions ([] when none)."""
+    if not loc_rows:
+        return []
+    t = loc_rows[0]["loc_cam_threshold"]
+    out = ["## CAM localisation against tumour annotations (CAM threshold {:g})".format(t), "",
+           "| Level | n annotated positives | Tumour area with CAM >= {0:g}, % mean (median) | "
+           "n with CAM >= {0:g} | CAM >= {0:g} area in tumour, % mean (median) |".format(t),
+           "|---|---|---|---|---|"]
+    for r in loc_rows:
+        out.append("| {} | {} | {} ({}) | {} | {} ({}) |".format(
+            LEVEL_NAMES[r["level"]], r["loc_n"], _f(r["loc_tumour_covered_pct_mean"], "{:.1f}"),
+            _f(r["loc_tumour_covered_pct_median"], "{:.1f}"), r["loc_n_cam"],
+            _f(r["loc_cam_in_tumour_pct_mean"], "{:.1f}"),
+            _f(r["loc_cam_in_tumour_pct_median"], "{:.1f}")))
+    out.append("")
+    return out
+
+
+def localisation_note(loc_rows, source):
+    """The Notes bullet that defines the localisation line ([] when there is none)."""
+    if not loc_rows:
+        return []
+    t = loc_rows[0]["loc_cam_threshold"]
+    return ["- CAM localisation (from `{}`): per annotated positive case (a `foci` GeoJSON of "
+            "tumour polygons in the manifest; clipped to the node outline for node crops), the "
+            "displayed CAM -- sigmoid of the pre-sigmoid grid, bicubically upsampled onto the "
+            "prepared image, so values are probabilities in [0, 1], not rescaled per slide -- "
+            "is thresholded at {t:g} (`predict --cam-threshold`, the overlay's and the GeoJSON "
+            "regions' threshold). Two areas are measured in level-0 slide pixels: the share of "
+            "the tumour area where CAM >= {t:g}, and the share of the CAM >= {t:g} area that "
+            "lies in tumour (defined only where some CAM >= {t:g}; 'n with CAM >= {t:g}' counts "
+            "those cases). Mean and median over the cases. The paper shows CAMs but does not "
+            "measure them: these rows have no paper value (stats/localisation.py).".format(
+                source, t=t)]
+
+
+def render_markdown(rows, notes, paper, title, source, loc_rows=None, loc_source=None):
     checks, matching = paper_ci_check(paper)
     head = "Reproduction of the paper's results"
     out = ["# {}{}".format(head, " - " + title if title else ""), "",
@@ -362,6 +483,7 @@ def render_markdown(rows, notes, paper, title, source):
                     r["paper_accuracy_pct_upper"], "{:.2f}"),
                 _f(r["accuracy_diff_pct"], "{:+.2f}"), _f(r["sensitivity_pct"], "{:.2f}")))
         out.append("")
+    out += render_localisation(loc_rows, loc_source)
     out += ["Notes:", "",
             "- Subgroup AUC (size, subtype) = that subgroup's positives against ALL negatives of "
             "the same level: inferred, the paper does not say which negatives (docs/fidelity.md, "
@@ -377,6 +499,7 @@ def render_markdown(rows, notes, paper, title, source):
             "method for its accuracy CIs; the interval that reproduces its printed CIs (to 2 "
             "decimals of %) is: {}. Both are given above.".format(" and ".join(matching) or "neither")]
     out += ["  - " + line for line in checks]
+    out += localisation_note(loc_rows, loc_source)
     out += ["- Paper: " + ref["note"] for key, ref in sorted(paper.items())
             if ref.get("note") and key[1] == "overall" and "0.9967" in ref["note"]]
     out += ["- " + n for n in notes]

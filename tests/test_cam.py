@@ -167,10 +167,11 @@ def _outer_rings(path):
         return [feat["geometry"]["coordinates"][0] for feat in json.load(f)["features"]]
 
 
-def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path):
+def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path, tiny_model):
     """End to end through `reproduce predict --cam` on synthetic slides with known foci.
 
-    The network is ResNet-50 with random weights (no training here); only its head is set: a
+    The network is ResNet-50 with random weights (no training here: the module's ``tiny_model``,
+    so that the test builds no second one); only its head is set: a
     class-balanced ridge-regression probe of the 2048 features of grid cells, fit on 6
     slides (one positive per subtype, three negatives) (tumour cells
     vs. the rest, cell labels from the foci polygons). The CAM is then computed by predict on
@@ -186,7 +187,6 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path):
     from data.cache import load_index, prepare, read_cached
     from data.augment import pad_to_canvas
     from model import checkpoint
-    from model.resnet import build_model
     from reproduce.__main__ import main
 
     target_mpp, canvas = 16.0, 352
@@ -203,8 +203,7 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path):
     fit_ids += list(slides[slides["label"] == 0]["slide_id"].iloc[:3])
     held_ids = [s for s in slides["slide_id"] if s not in fit_ids]
 
-    tf.compat.v1.set_random_seed(0)
-    model = build_model("none")
+    model = tiny_model
     xs, ts = [], []
     for sid in fit_ids:
         row = index.loc[sid]
@@ -231,10 +230,14 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path):
     penalty[-1, -1] = 0.0   # the intercept is not shrunk
     theta = np.linalg.solve(z.T @ (z * s[:, None]) + penalty, z.T @ (s * t))
     w, b = theta[:-1], theta[-1]
-    model.head.kernel.assign((w / sd)[:, None].astype(np.float32))
-    model.head.bias.assign(np.array([b - (mu / sd) @ w], np.float32))
     ckpt = str(tmp_path / "probe.ckpt")
-    checkpoint.save(ckpt, model, {"note": "ridge probe on random ResNet-50 features"})
+    head = model.head.get_weights()
+    try:
+        model.head.kernel.assign((w / sd)[:, None].astype(np.float32))
+        model.head.bias.assign(np.array([b - (mu / sd) @ w], np.float32))
+        checkpoint.save(ckpt, model, {"note": "ridge probe on random ResNet-50 features"})
+    finally:
+        model.head.set_weights(head)   # the module's model is shared: leave it as it was
 
     held = manifest[manifest["slide_id"].isin(held_ids)].assign(split="test")
     held.to_csv(os.path.join(cohort, "held.csv"), index=False)

@@ -65,9 +65,20 @@ def test_demo_end_to_end_tiny(tmp_path):
     with open(os.path.join(out, "table", "table.md")) as f:
         table = f.read()
     assert "SYNTHETIC" in table
+    # The test split's positive slide has a tumour focus: its CAM is measured against it.
+    loc = pd.read_csv(os.path.join(out, "predict", "cam", "localisation.csv"))
+    assert len(loc) >= 1 and set(loc["slide_id"]) <= set(test["slide_id"])
+    assert "CAM localisation against tumour annotations" in table
+    rows = pd.read_csv(os.path.join(out, "table", "table.csv"))
+    assert (rows["group"] == "localisation").any()
     assert "table.md" in p.stdout and "CAMs:" in p.stdout
-    for stage in ("synth", "prepare", "train", "predict", "table"):
+    for stage in ("synth", "prepare", "train", "predict", "table", "report"):
         assert os.path.isfile(os.path.join(out, ".stamps", stage + ".json")), stage
+    # The last stage is the report; the demo's last line names it (tests/test_report.py checks
+    # its content).
+    report = os.path.join(out, "report.html")
+    assert os.path.getsize(report) > 0
+    assert os.path.abspath(report) in p.stdout.strip().splitlines()[-1]
 
     # A rerun skips every finished stage and still prints the table.
     again = _demo(*args)
@@ -82,6 +93,7 @@ def test_demo_end_to_end_tiny(tmp_path):
                  os.path.join(out, "cohort", "manifest.csv"))
     assert only.returncode == 0, only.stdout[-3000:]
     assert os.path.isfile(str(tmp_path / "only" / "table" / "table.md"))
+    assert os.path.isfile(str(tmp_path / "only" / "report.html"))
     assert "[demo] synth" not in only.stdout and "[demo] train" not in only.stdout
 
 

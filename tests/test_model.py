@@ -84,8 +84,8 @@ def test_gradients_match_finite_difference_on_head(model):
 
 
 def test_strategy_choice(model):
-    assert resolve("auto", gpu_available=False) == "streaming"
-    assert resolve("auto", gpu_available=True) == "unified"
+    assert resolve("auto") == "streaming"          # on a GPU too (tests/test_strategy.py)
+    assert resolve("unified") == "unified"
     assert make_strategy("direct", model).name == "direct"
     assert make_strategy("unified", model).name == "unified"
     with pytest.raises(ValueError):
@@ -103,16 +103,18 @@ def test_streaming_plugs_in(model):
 def test_unified_gpu_config():
     gib = 1024 ** 3
     config = gpu.session_config(host_ram_bytes=512 * gib, gpu_ram_bytes=32 * gib, local_rank=3,
-                                threads=2)
+                                threads=2, unified=True)
     g = config.gpu_options
     assert g.per_process_gpu_memory_fraction == pytest.approx(16.0)
     assert g.experimental.use_unified_memory
     assert g.allow_growth and g.visible_device_list == "3"
     assert config.intra_op_parallelism_threads == 2 and config.inter_op_parallelism_threads == 1
     assert config.allow_soft_placement
-    # Not unified, or unknown GPU memory: the default allocator.
-    plain = gpu.session_config(512 * gib, 32 * gib, 0, unified=False).gpu_options
-    assert plain.per_process_gpu_memory_fraction == 0 and not plain.experimental.use_unified_memory
+    # Not the unified strategy (the default), or unknown GPU memory: the default allocator.
+    for plain in (gpu.session_config(512 * gib, 32 * gib, 0).gpu_options,
+                  gpu.session_config(512 * gib, None, 0, unified=True).gpu_options):
+        assert plain.per_process_gpu_memory_fraction == 0
+        assert not plain.experimental.use_unified_memory
     with pytest.raises(ValueError):
         gpu.unified_memory_fraction(0, 32 * gib)
 

@@ -49,11 +49,19 @@ def _predict(c, out, *extra):
                  "--config", c["config"], "--out", out] + list(extra))
 
 
-def test_predictions_csv_and_cams(cohort):
-    from data.cache import load_index, read_cached
-    from data.augment import pad_to_canvas
+@pytest.fixture(scope="module")
+def cached_run(cohort):
+    """One `predict --cache --cam --cam-tiff` run, read by the tests that check it or compare
+    against it (each run loads the checkpoint into a new ResNet-50: ~10 s)."""
     out = str(cohort["root"] / "out")
     assert _predict(cohort, out, "--cache", cohort["cache"], "--cam", "--cam-tiff") == 0
+    return out
+
+
+def test_predictions_csv_and_cams(cohort, cached_run):
+    from data.cache import load_index, read_cached
+    from data.augment import pad_to_canvas
+    out = cached_run
     pred = pd.read_csv(os.path.join(out, "predictions.csv"))
     manifest = pd.read_csv(cohort["manifest"])
     test = manifest[manifest["split"] == "test"]
@@ -83,10 +91,9 @@ def test_predictions_csv_and_cams(cohort):
             assert (ring[:, 0] <= info["width"] + 4).all() and (ring[:, 1] <= info["height"] + 4).all()
 
 
-def test_slides_without_cache_give_the_same_predictions(cohort):
-    out_a = str(cohort["root"] / "a")
+def test_slides_without_cache_give_the_same_predictions(cohort, cached_run):
+    out_a = cached_run
     out_b = str(cohort["root"] / "b")
-    assert _predict(cohort, out_a, "--cache", cohort["cache"]) == 0
     # A config whose cache folder does not exist: predict reads the slides (nodes cropped).
     cfg = str(cohort["root"] / "nocache.yaml")
     with open(cohort["config"]) as f:
@@ -161,14 +168,12 @@ def test_home_relative_manifest_paths(cohort, monkeypatch, tmp_path):
     assert len(pred) == (manifest["split"] == "test").sum()
 
 
-def test_predict_slide_api_matches_the_command(cohort, tmp_path):
+def test_predict_slide_api_matches_the_command(cohort, cached_run, tmp_path):
     """The Python API: a path or an (image, mpp) pair; the same numbers as `predict`."""
     from data.cache import load_index, read_cached
     from model.cam import export_prediction, prediction_regions
     from reproduce import predict_slide
-    out = str(tmp_path / "cli")
-    assert _predict(cohort, out, "--cache", cohort["cache"]) == 0
-    pred = pd.read_csv(os.path.join(out, "predictions.csv")).set_index("slide_id")
+    pred = pd.read_csv(os.path.join(cached_run, "predictions.csv")).set_index("slide_id")
     index = load_index(cohort["cache"]).set_index("slide_id", drop=False)
     row = index.loc[pred.index[pred["level"] == "slide"][0]]
     image = read_cached(cohort["cache"], row)
@@ -188,3 +193,39 @@ def test_predict_slide_api_matches_the_command(cohort, tmp_path):
     with open(paths["geojson"]) as f:
         assert json.load(f) == json.loads(json.dumps(prediction_regions(from_file, 0.5)))
     assert os.path.getsize(paths["png"]) > 0
+
+
+def test_annotated_rows_get_localisation_and_outlines(cohort, tmp_path):
+    """Rows with a `foci` GeoJSON: cam/localisation.csv holds one line each, equal to the Python
+    API's figures, with the tumour area of the polygons (level-0 px^2)."""
+    from data.cache import load_index, read_cached
+    from data.manifest import resolve
+    from data.nodes import area_um2, load_polygons
+    from model.cam import prediction_localisation
+    from model.inference import LOCALISATION_COLUMNS, node_origin, tumour_polygons
+    from reproduce import predict_slide
+    out = str(tmp_path / "loc")
+    assert _predict(cohort, out, "--cache", cohort["cache"], "--cam") == 0
+    loc = pd.read_csv(os.path.join(out, "cam", "localisation.csv"))
+    assert tuple(loc.columns) == LOCALISATION_COLUMNS
+    manifest = pd.read_csv(cohort["manifest"], dtype=str, keep_default_na=False)
+    annotated = manifest[(manifest["split"] == "test") & (manifest["foci"] != "")]
+    assert len(annotated) > 0 and list(loc["slide_id"]) == list(annotated["slide_id"])
+    assert set(loc["level"]) == {"slide", "node"} and (loc["label"] == 1).all()
+    assert ((loc["tumour_covered"] >= 0) & (loc["tumour_covered"] <= 1)).all()
+    index = load_index(cohort["cache"]).set_index("slide_id", drop=False)
+    base = os.path.dirname(cohort["manifest"])
+    for _, row in annotated.iterrows():
+        got = loc.set_index("slide_id").loc[row["slide_id"]]
+        polygons = load_polygons(resolve(base, row["foci"]))
+        # The focus lies inside its node: the clipped area is the polygon's (up to the lattice).
+        assert got["tumour_area"] == pytest.approx(area_um2(polygons, (1, 1)), rel=0.05)
+        tumour, within = tumour_polygons(row, base)
+        assert (within is None) == (row["level"] == "slide")
+        image = read_cached(cohort["cache"], index.loc[row["slide_id"]])
+        result = predict_slide(cohort["model"], (image, TARGET_MPP), config=cohort["config"],
+                               cam=True, level0_mpp=float(row["mpp"]),
+                               origin_xy=node_origin(row, base))
+        again = prediction_localisation(result, tumour, 0.5, within=within)
+        for key in ("tumour_area", "cam_area", "overlap_area"):
+            assert again[key] == pytest.approx(got[key], rel=1e-6, abs=1e-6), key

@@ -155,6 +155,12 @@ if hvd.size() > 1:
     if hvd.rank() == 0:
         checkpoint.save(weights, model, {})
 else:
+    # Started together with the 2-rank job: wait for its weights (saved atomically, so the
+    # file appears whole).
+    import os, time
+    deadline = time.time() + 280
+    while not os.path.isfile(weights) and time.time() < deadline:
+        time.sleep(0.2)
     checkpoint.restore(weights, model)
 images = [np.random.RandomState(s).randint(0, 256, (64, 96, 3)).astype(np.uint8) for s in (10, 11)]
 slides = list(zip(images, [1.0, 0.0]))
@@ -170,13 +176,21 @@ def test_two_rank_gradients_equal_one_rank_batch_of_two(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(GRADIENT_WORKER)
     weights = str(tmp_path / "w.ckpt")
-    two = mpirun(2, str(script), str(tmp_path / "two.npz"), weights, timeout=180)
-    assert two.returncode == 0, two.stderr[-2000:]
-    # One process, no mpirun: both slides accumulated on the one rank (accumulation 2).
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.npz"), weights],
-                         env=mpi_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         universal_newlines=True, timeout=180)
-    assert one.returncode == 0, one.stderr[-2000:]
+    # One process, no mpirun: both slides accumulated on the one rank (accumulation 2). It starts
+    # now, builds its model while the 2-rank job runs, then waits for that job's weights.
+    with open(str(tmp_path / "one.log"), "w") as log:
+        one = subprocess.Popen([sys.executable, str(script), str(tmp_path / "one.npz"), weights],
+                               env=mpi_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        two = mpirun(2, str(script), str(tmp_path / "two.npz"), weights, timeout=300)
+        assert two.returncode == 0, two.stderr[-2000:]
+        one.wait(timeout=300)
+    finally:
+        if one.poll() is None:
+            one.kill()
+            one.wait()
+    with open(str(tmp_path / "one.log")) as f:
+        assert one.returncode == 0, f.read()[-2000:]
     with np.load(str(tmp_path / "two.npz")) as a, np.load(str(tmp_path / "one.npz")) as b:
         assert len(a.files) == len(b.files) == 108
         worst = 0.0
@@ -290,7 +304,8 @@ def test_on_plateau_rollback_restores_the_best_weights(cohort, tmp_path):
     index = pd.read_csv(str(cache / "index.csv"))
     index["label"] = (index["split"] == "train").astype(int)
     index.to_csv(str(cache / "index.csv"), index=False)
-    runs = {}
+    runs, started = {}, {}
+    # The two runs are single-threaded (train.threads 1) and independent: they run side by side.
     for rule in ("rollback", "keep"):
         out = tmp_path / rule
         config = write_config(tmp_path, out, batch_size=1, iterations_per_epoch=2, patience=1,
@@ -298,10 +313,22 @@ def test_on_plateau_rollback_restores_the_best_weights(cohort, tmp_path):
         # The Python API, as a user would call it: fit(config, **overrides).
         code = "from reproduce import fit; print(fit({!r}, on_plateau={!r}))".format(
             config, rule)
-        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mpi_env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           universal_newlines=True, timeout=300)
-        assert p.returncode == 0, p.stderr[-3000:]
+        with open(str(tmp_path / (rule + ".log")), "w") as log:   # a file: no pipe to stall
+            started[rule] = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                                             env=mpi_env(), stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        for p in started.values():
+            p.wait(timeout=300)
+    finally:
+        for p in started.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for rule in ("rollback", "keep"):
+        out, p = tmp_path / rule, started[rule]
+        with open(str(tmp_path / (rule + ".log"))) as f:
+            stderr = f.read()
+        assert p.returncode == 0, stderr[-3000:]
         log = read_log(out)
         assert float(log[1]["val_loss"]) > float(log[0]["val_loss"])   # the premise
         from model.checkpoint import read_state
@@ -309,7 +336,7 @@ def test_on_plateau_rollback_restores_the_best_weights(cohort, tmp_path):
         assert state["phase"] == 1 and state["learning_rate"] == 1e-4 and state["best_epoch"] == 0
         runs[rule] = (checkpoint_arrays(str(out / "last.ckpt")),
                       checkpoint_arrays(str(out / "best.ckpt")))
-        assert ("on_plateau rollback" in p.stderr) == (rule == "rollback")
+        assert ("on_plateau rollback" in stderr) == (rule == "rollback")
     last, best = runs["rollback"]
     model_keys = [k for k in best if k.startswith("model/")]
     assert model_keys and all(np.array_equal(last[k], best[k]) for k in model_keys)
