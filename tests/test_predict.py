@@ -152,7 +152,8 @@ def test_home_relative_manifest_paths(cohort, monkeypatch, tmp_path):
     shutil.copytree(os.path.dirname(cohort["manifest"]), str(home / "cohort"))
     monkeypatch.setenv("HOME", str(home))
     manifest = pd.read_csv(cohort["manifest"], dtype=str, keep_default_na=False)
-    for col in ("path", "annotation"):
+    assert "foci" in manifest.columns          # every path column, the tumour outlines too
+    for col in ("path", "annotation", "foci"):
         manifest[col] = ["~/cohort/" + v if v else "" for v in manifest[col]]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
