@@ -1,4 +1,4 @@
-"""Installs the reproduction's packages: model, data, stats, reproduce."""
+"""Installs the reproduction's packages: model, data, stats, report, reproduce."""
 from setuptools import find_packages, setup
 
 setup(
@@ -9,7 +9,7 @@ setup(
                  "Horovod 0.19.0"),
     python_requires=">=3.7,<3.8",
     packages=find_packages(include=["model", "model.*", "data", "data.*", "stats", "stats.*",
-                                    "reproduce", "reproduce.*"]),
-    package_data={"reproduce": ["*.csv", "*.yaml"], "stats": ["*.csv"]},
+                                    "report", "report.*", "reproduce", "reproduce.*"]),
+    package_data={"reproduce": ["*.yaml"], "stats": ["*.csv"]},  # stats/paper_values.csv
     entry_points={"console_scripts": ["reproduce=reproduce.__main__:main"]},
 )

@@ -19,8 +19,11 @@ Layout of ``CACHE/``:
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a killed
 run never leaves a half-written file under a final name. ``index.csv`` is rewritten after each
-slide, which makes a rerun resume: rows whose cached file exists with the recorded size (and the
-same slide, annotation, target mpp, resampling filter and glass threshold) are skipped.
+slide, which makes a rerun resume: rows whose cached file exists, complete, with the recorded
+size (and the same slide, annotation, target mpp, resampling filter and glass threshold) are
+skipped; a file cut short, or replaced by one of another size, is read again. A write the disk refuses (full, over
+quota) stops prepare with one line naming the file (``data.files.WriteError``); the entries
+already cached, the previous image of that row and ``index.csv`` stay as they were.
 
 Under MPI (mpirun), rank r takes the pending rows r::size, writes its own ``index.part-<r>.csv``
 after each slide, and rank 0 merges them into ``index.csv`` after a barrier.
@@ -32,10 +35,12 @@ import re
 import struct
 import sys
 import time
+from collections import namedtuple
 
 import numpy as np
 import pandas as pd
 
+from data import mpi
 from data.errors import InputError
 from data.files import atomic_write_bytes, atomic_write_csv, remove_temporaries
 from data.glass import check_threshold, glass_to_white as whiten_glass
@@ -109,6 +114,49 @@ def image_size(path):
     except (OSError, ValueError):
         return None
     return None
+
+
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"   # the empty IEND chunk that closes every PNG
+
+
+def _png_complete(path):
+    """True when the file ends with PNG's closing IEND chunk: a file cut short does not."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < len(PNG_END):
+            return False
+        f.seek(-len(PNG_END), os.SEEK_END)
+        return f.read() == PNG_END
+
+
+def entry_problem(path, height, width):
+    """Why the cached file ``path`` is not a complete (height, width) image, in a few words, or
+    None when it is. Reads its header and its last bytes only (no decoding): a missing, cut
+    short or replaced file is found in constant time, whatever the image's size."""
+    if not os.path.isfile(path):
+        return "missing"
+    size = image_size(path)
+    if size is None:
+        return "not a readable {} file".format(os.path.splitext(path)[1].lstrip(".").upper())
+    if size != (int(height), int(width)):
+        return "{}x{} px, but prepare wrote {}x{} px".format(size[0], size[1], height, width)
+    try:
+        if path.endswith(".png") and not _png_complete(path):
+            return "cut short (no PNG end)"
+    except OSError as e:
+        return "unreadable ({})".format(e.strerror or e)
+    return None
+
+
+def damaged_entries(index):
+    """[(slide_id, cache_file, problem)] of the rows of ``index`` (from ``load_index``: absolute
+    ``cache_file``) whose cached image is missing, cut short or not the size the index says."""
+    found = []
+    for row in index[["slide_id", "cache_file", "height", "width"]].itertuples(index=False):
+        problem = entry_problem(row.cache_file, row.height, row.width)
+        if problem:
+            found.append((str(row.slide_id), row.cache_file, problem))
+    return found
 
 
 def read_image(path):
@@ -232,19 +280,6 @@ def read_cached(cache_dir, row_or_slide_id):
 
 
 # -- prepare ------------------------------------------------------------------------------------
-def _mpi():
-    """(comm, rank, size) when launched by mpirun, else (None, 0, 1). mpi4py is imported only
-    then, so plain runs never initialise MPI."""
-    from data import mpi
-    if not mpi.launched():
-        return None, 0, 1
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
-    if comm.Get_size() == 1:
-        return None, 0, 1
-    return comm, comm.Get_rank(), comm.Get_size()
-
-
 def _entry_ok(cache_dir, old, new, target_mpp, resample, glass=None):
     """Is the old index row a complete, matching cache of the new manifest row?"""
     try:
@@ -254,8 +289,8 @@ def _entry_ok(cache_dir, old, new, target_mpp, resample, glass=None):
                 and (old.get(RESAMPLE_COLUMN) or LEGACY_RESAMPLE) == resample
                 and glass_of(old) == ("" if glass is None else str(glass))
                 and abs(float(old["mpp"]) - target_mpp) <= 1e-9 * target_mpp)
-        size = image_size(os.path.join(cache_dir, old["cache_file"]))
-        return same and size == (int(old["height"]), int(old["width"]))
+        return same and entry_problem(os.path.join(cache_dir, old["cache_file"]),
+                                      old["height"], old["width"]) is None
     except (KeyError, ValueError, TypeError, OSError):
         return False
 
@@ -303,24 +338,12 @@ def _order(frame, manifest_ids):
     return frame.assign(_k=key).sort_values("_k", kind="mergesort").drop(columns="_k")
 
 
-def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", progress=True,
-            log=None, max_strip_pixels=None, resample="area", glass_to_white=None):
-    """Read every (selected) manifest row once at ``target_mpp`` into ``cache_dir``, resampled
-    with ``resample`` ("area" or "cubic", see ``data.slide``; docs/fidelity.md, row
-    ``resample``). ``glass_to_white``: None (off, the paper's way) or a threshold 1-255 whose
-    glass becomes pure white (``data.glass``; not in the paper: docs/fidelity.md, row
-    ``glass-to-white``). A row cached with another filter, mpp or glass threshold is read again.
+# How prepare makes every image of a call: the same for each row and each rank.
+Recipe = namedtuple("Recipe", "target_mpp resample glass fmt max_strip_pixels")
 
-    Validates the whole manifest first (raises PrepareError with every problem). Returns a dict:
-    rows, cached (this run, all ranks), skipped, failed (list of one-line reasons), seconds,
-    level0_megapixels, output_megapixels, and the two throughputs in megapixels per second.
-    """
-    from data.manifest import coerce, load_manifest, validate
-    from data.nodes import AnnotationError, bounding_box, crop_polygons, load_polygons
-    from data.slide import Slide, SlideError
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    comm, rank, size = _mpi()
+def _recipe(manifest_path, target_mpp, resample, glass_to_white, fmt, max_strip_pixels):
+    """The checked settings of a prepare call; PrepareError (on the manifest) names a bad one."""
     target_mpp = float(target_mpp)
     if not target_mpp > 0:
         raise PrepareError(manifest_path, ["--target-mpp must be > 0, got {}".format(target_mpp)])
@@ -331,6 +354,13 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
         glass = check_threshold(glass_to_white, "glass_to_white")
     except InputError as e:
         raise PrepareError(manifest_path, [str(e)])
+    return Recipe(target_mpp, resample, glass, fmt, max_strip_pixels)
+
+
+def _selected_rows(manifest_path, splits):
+    """The typed manifest rows of ``splits`` (every row when None), in manifest order, after the
+    whole manifest (and ``splits``) passed validation: PrepareError lists every problem."""
+    from data.manifest import coerce, load_manifest, validate
     df = load_manifest(manifest_path)
     base = os.path.dirname(os.path.abspath(manifest_path))
     problems = validate(df, base)
@@ -342,83 +372,133 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
     rows = coerce(df, base)
     if splits:
         rows = rows[rows["split"].isin(splits)].reset_index(drop=True)
-    columns = list(df.columns)
+    return rows
 
+
+def _open_cache(cache_dir, comm, rank):
+    """Creates the folder; rank 0 clears a killed run's temporaries and folds its partial
+    indexes into index.csv while the other ranks wait, so that every rank plans from one index."""
     os.makedirs(cache_dir, exist_ok=True)
     if rank == 0:
         remove_temporaries(cache_dir)
         _merge_partials(cache_dir)
     if comm is not None:
         comm.Barrier()
+
+
+def _plan(cache_dir, rows, recipe):
+    """(done, pending, kept, outdated): the rows already cached as ``recipe`` asks, the rows to
+    read, the index rows kept as they are (the valid ones of this manifest and those of other
+    rows), and {slide_id: index row} of the pending rows that have an older entry (another mpp,
+    filter or source): that entry stays in the index until its row is read again, so that a
+    run stopped on the way (killed, a full disk) leaves it as it was."""
     index_path = os.path.join(cache_dir, INDEX)
     old = _read_index_raw(index_path) if os.path.isfile(index_path) else None
     old_rows = {} if old is None else {r["slide_id"]: r for r in old.to_dict("records")}
     done, pending = [], []
     for _, r in rows.iterrows():
         o = old_rows.get(r["slide_id"])
-        (done if o is not None and _entry_ok(cache_dir, o, r, target_mpp, resample, glass)
-         else pending).append(r)
+        ok = o is not None and _entry_ok(cache_dir, o, r, recipe.target_mpp, recipe.resample,
+                                         recipe.glass)
+        (done if ok else pending).append(r)
     redo = {r["slide_id"] for r in pending}
-    # Index rows kept as they are: valid ones of this manifest and those of other rows.
-    kept = [] if old is None else [o for s, o in old_rows.items() if s not in redo]
-    mine = pending[rank::size]
+    kept = [o for s, o in old_rows.items() if s not in redo]
+    outdated = {s: o for s, o in old_rows.items() if s in redo}
+    return done, pending, kept, outdated
 
-    kw = dict(resample=resample)
-    if max_strip_pixels is not None:
-        kw["max_strip_pixels"] = max_strip_pixels
+
+def _read_row(row, recipe):
+    """(image at the target mpp, level-0 mpp, level-0 pixels read) of one manifest row: the
+    whole slide, or the bounding box of its annotation's polygons (outside them white)."""
+    from data.nodes import bounding_box, crop_polygons, load_polygons
+    from data.slide import Slide
+    mpp = None if "mpp" not in row.index or pd.isna(row["mpp"]) else float(row["mpp"])
+    annotation = row["annotation"] if "annotation" in row.index else ""
+    kw = dict(resample=recipe.resample)
+    if recipe.max_strip_pixels is not None:
+        kw["max_strip_pixels"] = recipe.max_strip_pixels
+    with Slide(row["path"], mpp=mpp) as s:
+        if annotation:
+            polygons = load_polygons(annotation)
+            box = bounding_box(polygons)
+            return crop_polygons(s, polygons, recipe.target_mpp, **kw), s.mpp[0], box[2] * box[3]
+        area0 = s.dimensions[0] * s.dimensions[1]
+        return s.read(recipe.target_mpp, **kw), s.mpp[0], area0
+
+
+def _store(cache_dir, row, columns, image, slide_mpp, recipe):
+    """Writes a row's image (its glass whitened when the recipe asks) under its final name,
+    atomically; returns the row's line of the index."""
+    if recipe.glass is not None:
+        whiten_glass(image, recipe.glass, copy=False)
+    name = cache_name(row["slide_id"], recipe.fmt)
+    atomic_write_bytes(os.path.join(cache_dir, name), encode_image(image, recipe.fmt))
+    return _index_row(row, columns, name, image.shape, recipe.target_mpp, slide_mpp,
+                      recipe.resample, recipe.glass)
+
+
+def _save_progress(cache_dir, size, rank, kept, new, manifest_ids):
+    """After each slide, so that a killed run resumes: a lone rank rewrites index.csv (kept +
+    new rows, manifest order); under MPI each rank writes its own ``index.part-<rank>.csv``."""
+    if size == 1:
+        frame = pd.DataFrame(kept + new).fillna("")
+        atomic_write_csv(_order(frame, manifest_ids), os.path.join(cache_dir, INDEX))
+    else:
+        atomic_write_csv(pd.DataFrame(new).fillna(""),
+                         os.path.join(cache_dir, "index.part-{}.csv".format(rank)))
+
+
+def _cache_rows(mine, rows, kept, outdated, cache_dir, recipe, rank, size, progress):
+    """Reads and stores this rank's rows, one at a time; a row's ``outdated`` entry (see
+    ``_plan``) leaves the index once the row is stored or found unreadable. Returns this rank's
+    (rows cached, level-0 megapixels, output megapixels, seconds, failed: one line per
+    unreadable row)."""
     from tqdm import tqdm
+    from data.nodes import AnnotationError
+    from data.slide import SlideError
+    columns, ids = list(rows.columns), list(rows["slide_id"])
     new, failed = [], []
     mp0 = mp_out = 0.0
     t0 = time.time()
     bar = tqdm(mine, unit="slide", disable=not progress or rank != 0, file=sys.stderr,
                desc="prepare" + (" (rank 0 of {})".format(size) if size > 1 else ""))
     for r in bar:
-        sid = r["slide_id"]
-        mpp = None if "mpp" not in rows.columns or pd.isna(r["mpp"]) else float(r["mpp"])
-        annotation = r["annotation"] if "annotation" in rows.columns else ""
         try:
-            with Slide(r["path"], mpp=mpp) as s:
-                slide_mpp = s.mpp[0]
-                if annotation:
-                    polygons = load_polygons(annotation)
-                    box = bounding_box(polygons)
-                    area0 = box[2] * box[3]
-                    image = crop_polygons(s, polygons, target_mpp, **kw)
-                else:
-                    area0 = s.dimensions[0] * s.dimensions[1]
-                    image = s.read(target_mpp, **kw)
+            image, slide_mpp, area0 = _read_row(r, recipe)
         except (SlideError, AnnotationError) as e:
-            failed.append("{}: {}".format(sid, e))
+            failed.append("{}: {}".format(r["slide_id"], e))
+            if outdated.pop(r["slide_id"], None) is not None:
+                _save_progress(cache_dir, size, rank, kept + list(outdated.values()), new, ids)
             continue
-        if glass is not None:
-            whiten_glass(image, glass, copy=False)
-        name = cache_name(sid, fmt)
-        atomic_write_bytes(os.path.join(cache_dir, name), encode_image(image, fmt))
-        new.append(_index_row(r, columns, name, image.shape, target_mpp, slide_mpp, resample,
-                              glass))
+        new.append(_store(cache_dir, r, columns, image, slide_mpp, recipe))
+        outdated.pop(r["slide_id"], None)
         mp0 += area0 / 1e6
         mp_out += image.shape[0] * image.shape[1] / 1e6
         bar.set_postfix(MPps="{:.1f}".format(mp0 / max(1e-9, time.time() - t0)))
-        if size == 1:
-            frame = pd.DataFrame(kept + new).fillna("")
-            atomic_write_csv(_order(frame, list(rows["slide_id"])), index_path)
-        else:
-            atomic_write_csv(pd.DataFrame(new).fillna(""),
-                             os.path.join(cache_dir, "index.part-{}.csv".format(rank)))
+        _save_progress(cache_dir, size, rank, kept + list(outdated.values()), new, ids)
     bar.close()
-    seconds = time.time() - t0
-    counts = [(len(new), mp0, mp_out, seconds, failed)]
-    if comm is not None:
-        comm.Barrier()
-        counts = comm.gather(counts[0], root=0)
-        if rank == 0:
-            _merge_partials(cache_dir)
-            frame = _read_index_raw(index_path) if os.path.isfile(index_path) else None
-            if frame is not None:
-                atomic_write_csv(_order(frame, list(rows["slide_id"])), index_path)
-        counts = comm.bcast(counts, root=0)
+    return (len(new), mp0, mp_out, time.time() - t0, failed)
+
+
+def _combine(comm, rank, counts, cache_dir, manifest_ids):
+    """Every rank's counts, on every rank. Under MPI, once all ranks are done, rank 0 merges
+    their partial indexes into index.csv, in manifest order."""
+    if comm is None:
+        return [counts]
+    comm.Barrier()
+    everyone = comm.gather(counts, root=0)
+    if rank == 0:
+        _merge_partials(cache_dir)
+        index_path = os.path.join(cache_dir, INDEX)
+        if os.path.isfile(index_path):
+            atomic_write_csv(_order(_read_index_raw(index_path), manifest_ids), index_path)
+    return comm.bcast(everyone, root=0)
+
+
+def _summary(rows, skipped, counts, rank, size):
+    """prepare's return value from every rank's counts (the slowest rank's seconds)."""
     seconds = max(c[3] for c in counts)
-    summary = dict(rows=len(rows), cached=sum(c[0] for c in counts), skipped=len(done),
+    summary = dict(rows=rows, cached=sum(c[0] for c in counts), skipped=skipped,
                    failed=[f for c in counts for f in c[4]], ranks=size, rank=rank,
                    per_rank=[c[0] for c in counts], seconds=seconds,
                    level0_megapixels=sum(c[1] for c in counts),
@@ -426,3 +506,27 @@ def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", p
     summary["level0_megapixels_per_s"] = summary["level0_megapixels"] / max(seconds, 1e-9)
     summary["output_megapixels_per_s"] = summary["output_megapixels"] / max(seconds, 1e-9)
     return summary
+
+
+def prepare(manifest_path, cache_dir, target_mpp=2.28, splits=None, fmt="png", progress=True,
+            log=None, max_strip_pixels=None, resample="area", glass_to_white=None):
+    """Read every (selected) manifest row once at ``target_mpp`` into ``cache_dir``, resampled
+    with ``resample`` ("area" or "cubic", see ``data.slide``; docs/fidelity.md, row
+    ``resample``). ``glass_to_white``: None (off, the paper's way) or a threshold 1-255 whose
+    glass becomes pure white (``data.glass``; not in the paper: docs/fidelity.md, row
+    ``glass-to-white``). A row cached with another filter, mpp or glass threshold is read again.
+    ``log`` is accepted and unused: progress goes to the bar, results to the return value.
+
+    Validates the whole manifest first (raises PrepareError with every problem). Returns a dict:
+    rows, cached (this run, all ranks), skipped, failed (list of one-line reasons), seconds,
+    level0_megapixels, output_megapixels, and the two throughputs in megapixels per second.
+    """
+    comm, rank, size = mpi.communicator()
+    recipe = _recipe(manifest_path, target_mpp, resample, glass_to_white, fmt, max_strip_pixels)
+    rows = _selected_rows(manifest_path, splits)
+    _open_cache(cache_dir, comm, rank)
+    done, pending, kept, outdated = _plan(cache_dir, rows, recipe)
+    mine = _cache_rows(pending[rank::size], rows, kept, outdated, cache_dir, recipe, rank, size,
+                       progress)
+    counts = _combine(comm, rank, mine, cache_dir, list(rows["slide_id"]))
+    return _summary(len(rows), len(done), counts, rank, size)

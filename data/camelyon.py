@@ -16,6 +16,12 @@
 
 A slide's file is looked for under the slide folder (recursively, case-insensitively, .tif or
 .tiff): CAMELYON16 ships ``test_001.tif`` for ``Test_001``, CAMELYON17 ``centre_k/`` subfolders.
+
+Lesion annotations (``add_foci``): the challenges' ASAP XML files, one per annotated slide and
+named after it (``tumor_001.xml``, ``test_001.xml``, ``patient_004_node_4.xml``), are looked for
+the same way (recursively, case-insensitively, .xml) under an annotation folder; each slide with
+one gets its absolute path in the ``foci`` column (read by ``data.nodes.load_polygons``, see
+``data.asap``), the others an empty ``foci``.
 """
 import csv
 import os
@@ -25,10 +31,13 @@ import numpy as np
 import pandas as pd
 
 from data.errors import InputError
+from data.files import atomic_write_text
 
 SIZE_16 = {"macro": "macro", "micro": "micro", "none": "negative"}
 STAGES_17 = ("negative", "itc", "micro", "macro")
 COLUMNS = ["slide_id", "path", "label", "split", "size_category", "level"]
+# Missing slide names shown in a message; the rest are in the .missing.txt file.
+SHOW_MISSING = 5
 
 
 class CamelyonError(InputError):
@@ -47,15 +56,40 @@ def detect(labels_path):
                         "CAMELYON16 'Test_NNN,...' row".format(labels_path))
 
 
-def find_slides(slides_dir):
-    """{lower-case file stem: path} of every .tif/.tiff under ``slides_dir``."""
+def find_files(folder, extensions):
+    """{lower-case file stem: absolute path} of every file under ``folder`` (recursively) whose
+    extension is one of ``extensions`` (lower case); the first in walk order wins a clash."""
     found = {}
-    for root, _, files in os.walk(slides_dir):
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
-            if ext.lower() in (".tif", ".tiff"):
+            if ext.lower() in extensions:
                 found.setdefault(stem.lower(), os.path.abspath(os.path.join(root, name)))
     return found
+
+
+def find_slides(slides_dir):
+    """{lower-case file stem: path} of every .tif/.tiff under ``slides_dir``."""
+    return find_files(slides_dir, (".tif", ".tiff"))
+
+
+def find_annotations(annotations_dir):
+    """{lower-case file stem: path} of every ASAP .xml file under ``annotations_dir``."""
+    return find_files(annotations_dir, (".xml",))
+
+
+def add_foci(df, annotations_dir):
+    """Fills ``df``'s ``foci`` column (added if absent) with the XML file of each slide found
+    under ``annotations_dir`` (matched by slide_id, case-insensitively; '' when there is none).
+    Returns the names of the XML files that match no slide of ``df``, sorted."""
+    if not os.path.isdir(annotations_dir):
+        raise CamelyonError("{}: no such folder (--annotations)".format(annotations_dir))
+    found = find_annotations(annotations_dir)
+    ids = df["slide_id"].astype(str).str.lower()
+    df["foci"] = [found.get(i, "") for i in ids]
+    matched = set(ids)
+    return sorted(os.path.basename(p) for stem, p in found.items() if stem not in matched)
 
 
 def _read_rows(path):
@@ -119,6 +153,9 @@ def build_manifest(labels_path, slides_dir, which=None, seed=0, val_fraction=0.2
     Missing slides are left out of the DataFrame (``path`` would not exist), unless
     ``keep_missing``: then their path is ``slides_dir/<slide_id>.tif``.
     """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise CamelyonError("--val-fraction and --test-fraction must be in [0, 1) with a sum "
+                            "below 1")
     if not os.path.isfile(labels_path):
         raise CamelyonError("{}: no such label file".format(labels_path))
     which = which or detect(labels_path)
@@ -169,3 +206,56 @@ def build_manifest(labels_path, slides_dir, which=None, seed=0, val_fraction=0.2
              and (c != "mpp" or mpp is not None)]
     df = pd.DataFrame(kept, columns=COLUMNS + extra)
     return df, missing
+
+
+# --------------------------------------------------------------------------- what is missing
+
+def missing_list_path(out):
+    """The file beside the manifest ``out`` that lists every missing slide."""
+    return os.path.splitext(out)[0] + ".missing.txt"
+
+
+def _first_names(names):
+    """The first SHOW_MISSING names, comma-separated, and 'and N more' for the rest."""
+    more = len(names) - SHOW_MISSING
+    return ", ".join(names[:SHOW_MISSING]) + (" and {} more".format(more) if more > 0 else "")
+
+
+def missing_message(missing, labels, slides, list_path):
+    """One line: the count, the first SHOW_MISSING names, and the file with all of them."""
+    return "{} slide(s) of {} not found under {}: {}; full list in {}".format(
+        len(missing), labels, slides, _first_names(missing), list_path)
+
+
+def unmatched_message(unmatched, annotations):
+    """One warning line: the XML files under ``annotations`` that match no manifest slide."""
+    return "warning: {} annotation file(s) under {} match no slide of the manifest: {}".format(
+        len(unmatched), annotations, _first_names(unmatched))
+
+
+def write_missing_list(out, missing, labels, slides):
+    """Lists the ``missing`` slides, one name a line, beside the manifest ``out``
+    (``missing_list_path``; the CAMELYON16 reference names 130 test slides, the CAMELYON17 labels
+    500 nodes: too many for one line) and returns ``missing_message``; with none missing, removes
+    an older run's list (it would be stale) and returns None."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    list_path = missing_list_path(out)
+    if missing:
+        atomic_write_text(list_path, "".join(name + "\n" for name in missing))
+        return missing_message(missing, labels, slides, list_path)
+    if os.path.isfile(list_path):
+        os.remove(list_path)
+    return None
+
+
+def summary_line(df, out, missing, keep_missing):
+    """The manifest written to ``out`` in one line: slides per split and class, the missing
+    ones and the tumour outlines found."""
+    counts = df.groupby(["split", "label"]).size().to_dict() if len(df) else {}
+    return "{}: {} slides ({}){}{}".format(
+        out, len(df), ", ".join("{} {}: {}".format(s, "pos" if l else "neg", n)
+                                for (s, l), n in sorted(counts.items())),
+        "; {} missing {}".format(len(missing), "kept" if keep_missing else "left out")
+        if missing else "",
+        "; tumour outlines for {}".format(int((df["foci"] != "").sum()))
+        if "foci" in df.columns else "")

@@ -10,3 +10,8 @@ keeps its traceback.
 
 class InputError(Exception):
     """Bad input: the message names the file, the field or the value, and says what to do."""
+
+
+class AnnotationError(InputError):
+    """An annotation file (GeoJSON or ASAP XML) that holds no usable polygon. Message names the
+    file. Here rather than in data/nodes.py, so that both readers (nodes.py, asap.py) use it."""

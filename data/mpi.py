@@ -11,11 +11,14 @@ SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 
 
-def _first_int(names, env):
+def _announced(names, env, default):
+    """The first of ``names`` set to a whole number in ``env`` (os.environ when None), else
+    ``default``."""
+    env = os.environ if env is None else env
     for name in names:
         if str(env.get(name, "")).isdigit():
             return int(env[name])
-    return None
+    return default
 
 
 def launched(env=None):
@@ -27,13 +30,36 @@ def launched(env=None):
 def world_size(env=None):
     """The number of ranks the launcher announced; 1 without a launcher (or when it does not
     say, as PMIx alone does: MPI itself knows then)."""
-    env = os.environ if env is None else env
-    size = _first_int(SIZE_VARIABLES, env)
-    return 1 if size is None else size
+    return _announced(SIZE_VARIABLES, env, 1)
 
 
 def rank(env=None):
     """This process's rank as the launcher announced it; 0 without a launcher."""
-    env = os.environ if env is None else env
-    r = _first_int(RANK_VARIABLES, env)
-    return 0 if r is None else r
+    return _announced(RANK_VARIABLES, env, 0)
+
+
+LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+LOCAL_SIZE_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+
+
+def local_rank(env=None):
+    """This rank's index among the ranks of its node, as the launcher announced it (0 without
+    one)."""
+    return _announced(LOCAL_RANK_VARIABLES, env, 0)
+
+
+def local_size(env=None):
+    """The number of ranks on this node, as the launcher announced it (1 without one)."""
+    return max(1, _announced(LOCAL_SIZE_VARIABLES, env, 1))
+
+
+def communicator():
+    """(comm, rank, size): mpi4py's world communicator when an MPI launcher started more than one
+    rank, else (None, 0, 1). mpi4py is imported only then, so a plain run needs no MPI library."""
+    if not launched():
+        return None, 0, 1
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        return None, 0, 1
+    return comm, comm.Get_rank(), comm.Get_size()

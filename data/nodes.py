@@ -6,25 +6,34 @@ The paper tested 538 single-node images cropped by hand from the test slides. He
 crop is the polygons' bounding box read at the target mpp; every pixel whose centre lies outside
 the polygons (or inside a hole) becomes white, like the canvas padding (the paper does not say:
 docs/fidelity.md, row ``node-crop-white``). All polygons of the file together form the node.
+
+``load_polygons`` also reads the CAMELYON challenges' ASAP XML lesion annotations (a file ending
+in .xml or starting with '<'): their tumour outlines minus their cut-out groups (``data.asap``),
+so that a manifest's ``foci`` column (tumour outlines) takes either format.
 """
 import json
 
 import cv2
 import numpy as np
 
-from data.errors import InputError
+from data.errors import AnnotationError
 from data.slide import Slide, SlideError
 
 _SHIFT = 4  # cv2.fillPoly fractional bits: vertices placed to 1/16 of an output pixel
 
 
-class AnnotationError(InputError):
-    """A GeoJSON file that holds no usable polygon. Message names the file."""
-
-
-def load_polygons(geojson_path):
+def load_polygons(path):
     """List of polygons, each a list of rings (exterior first, then holes), each ring an (N, 2)
-    float64 array of level-0 pixel coordinates."""
+    float64 array of level-0 pixel coordinates, from a GeoJSON file or, when ``path`` ends in
+    .xml or its content starts with '<', an ASAP XML file (``data.asap.load_asap``)."""
+    from data import asap
+    if asap.is_asap_file(path):
+        return asap.load_asap(path)
+    return load_geojson(path)
+
+
+def load_geojson(geojson_path):
+    """``load_polygons`` of a GeoJSON file."""
     try:
         with open(geojson_path) as f:
             obj = json.load(f)
@@ -113,7 +122,7 @@ def crop_polygons(slide, polygons, target_mpp, **read_options):
 
 def crop_node(slide_path, geojson_path, target_mpp, mpp=None, **read_options):
     """RGB uint8 (H, W, 3) of one node at ``target_mpp``: the bounding box of the file's
-    polygons, white outside them. Raises SlideError (slide) or AnnotationError (GeoJSON)."""
+    polygons, white outside them. Raises SlideError (slide) or AnnotationError (annotation)."""
     polygons = load_polygons(geojson_path)
     with Slide(slide_path, mpp=mpp) as s:
         return crop_polygons(s, polygons, target_mpp, **read_options)

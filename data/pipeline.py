@@ -20,10 +20,21 @@ Training order (a function of ``(seed, epoch)`` only, so a resumed run replays i
 To resume at the ``k``-th element of this rank, pass ``skip=k`` (or call ``.skip(k)`` on the
 dataset: the same thing, as the augmentation is tied to the element, not to a running state).
 
+Training by updates (``update_slides``, ``assigned_dataset``): an update is the next
+``batch_size`` global positions of this order, the same set of slides that the shards above
+give when each rank takes its next ``batch_size / size`` elements; the training loop chooses
+which rank computes which of them (``model.balance``) and reads each rank's share with
+``assigned_dataset``, every element still augmented by its own (seed, pass, position).
+
 Evaluation: fixed order (the index's row order), no augmentation, centre-padded to the canvas;
 rank ``r`` takes rows ``r::size``, so every slide is seen exactly once over the ranks (the ranks
 differ by at most one element). ``pad=True`` instead equalises the counts by repeating rows from
 the start and adds a fourth element ``valid`` (bool) that is False on the repeats; drop those.
+
+A slide that cannot be read (a cached image damaged after prepare: ``data.cache.CacheError``,
+or any other ``InputError`` of the reader) comes out of ``next_element`` / ``elements`` as an
+``UnreadableSlide`` naming the slide and the reason in one line, rather than as TensorFlow's
+``UnknownError`` with a Python traceback inside its message.
 
 Call ``tf.compat.v1.enable_v2_behavior()`` first (TF 1.15): the datasets are iterated eagerly.
 """
@@ -35,6 +46,42 @@ import tensorflow as tf
 
 from data import augment as _augment
 from data.canvas import place
+from data.errors import InputError
+
+
+class UnreadableSlide(InputError):
+    """A slide of a dataset could not be read: the message names the slide, then the reason."""
+
+
+def _unreadable(error):
+    """The UnreadableSlide that a reader raised inside a dataset, from the OpError TensorFlow
+    made of it (its message holds "UnreadableSlide: <line>"), or None for any other error."""
+    text = getattr(error, "message", None) or str(error)
+    mark = UnreadableSlide.__name__ + ": "
+    at = text.find(mark)
+    return None if at < 0 else UnreadableSlide(text[at + len(mark):].split("\n", 1)[0])
+
+
+def next_element(iterator):
+    """``next(iterator)`` of a dataset of this module; a slide the reader could not read raises
+    UnreadableSlide (one line), other errors and StopIteration pass as they are."""
+    try:
+        return next(iterator)
+    except tf.errors.OpError as e:
+        unreadable = _unreadable(e)
+        if unreadable is None:
+            raise
+        raise unreadable from None
+
+
+def elements(dataset):
+    """The elements of a dataset of this module, as ``next_element`` gives them."""
+    iterator = iter(dataset)
+    while True:
+        try:
+            yield next_element(iterator)
+        except StopIteration:
+            return
 
 
 def training_order(n, seed, epoch, size=1):
@@ -54,6 +101,28 @@ def shard(order, rank, size):
         raise ValueError("rank {} is not in [0, {})".format(rank, size))
     positions = np.arange(rank, len(order), size)
     return np.asarray(order)[positions], positions
+
+
+def update_slides(n, seed, size, batch_size, position):
+    """One update's slides in the training order, from ``position`` = (pass, offset): a list
+    of (pass, global position, row), and the position after it.
+
+    The update takes the next ``batch_size`` global positions of the padded order, running on
+    into the next pass when this one ends: the same set of slides that the ranks' shards gave
+    when each rank took its next ``batch_size / size`` elements, so balancing who computes them
+    changes no update's content. ``offset`` is a multiple of ``size`` at every update boundary.
+    """
+    pass_, offset = int(position[0]), int(position[1])
+    slides = []
+    while len(slides) < batch_size:
+        order = training_order(n, seed, pass_, size)
+        if offset >= len(order):
+            pass_, offset = pass_ + 1, 0
+            continue
+        take = min(batch_size - len(slides), len(order) - offset)
+        slides += [(pass_, offset + i, int(order[offset + i])) for i in range(take)]
+        offset += take
+    return slides, (pass_, offset)
 
 
 def eval_assignment(n, rank=0, size=1, pad=False):
@@ -90,7 +159,10 @@ def _dataset(records, rows, extra, canvas, load, num_parallel_calls, prefetch, s
         ds = ds.skip(int(skip))
 
     def load_parts(row, key):
-        placed = load(row, key)
+        try:
+            placed = load(row, key)
+        except InputError as e:    # named here; next_element turns it back into one line
+            raise UnreadableSlide("slide {}: {}".format(records[int(row)]["slide_id"], e))
         return (placed.content, np.asarray(placed.offset, np.int32), placed.fill,
                 np.asarray(placed.shape, np.int32))
 
@@ -133,6 +205,27 @@ def training_dataset(index, canvas, seed, epoch, rank=0, size=1, augment=True, t
 
     return _dataset(records, rows, positions.astype(np.int64), canvas, load,
                     num_parallel_calls, prefetch, skip)
+
+
+def assigned_dataset(index, canvas, seed, slides, augment=True, translate_px=500, reader=None,
+                     cache_dir=None, num_parallel_calls=2, prefetch=1, fail_if_larger=False):
+    """The training elements of a list of (pass, global position, row), in that order: each
+    augmented with ``element_rng(seed, pass, position)``, as ``training_dataset`` would give
+    it. Used by the training loop for the slides assigned to its rank."""
+    records = _records(index)
+    rows = np.array([row for _, _, row in slides], np.int64)
+    keys = np.array([(p, position) for p, position, _ in slides], np.int64).reshape(-1, 2)
+    read = reader or _default_reader(cache_dir)
+
+    def load(row, key):
+        image = read(records[int(row)])
+        if augment:
+            return _augment.augment_canvas(image, element_rng(seed, key[0], key[1]), canvas,
+                                           translate_px=translate_px,
+                                           fail_if_larger=fail_if_larger)
+        return place(image, canvas, fail_if_larger=fail_if_larger)
+
+    return _dataset(records, rows, keys, canvas, load, num_parallel_calls, prefetch)
 
 
 def eval_dataset(index, canvas, rank=0, size=1, reader=None, cache_dir=None, pad=False,

@@ -25,6 +25,12 @@ Tumour is pinker (more eosin, less hematoxylin) than lymphocytes at any resoluti
 Outputs in the cohort folder (see :func:`make_cohort`): ``slides/*.tiff``, ``manifest.csv``,
 ``foci/<slide_id>.geojson`` (tumour polygons, level-0 pixels), ``nodes/<id>.geojson``
 (QuPath-style node annotations for node-level rows), ``README.txt``, ``cohort.json``.
+
+:func:`make_paper_slide` writes ONE slide of the paper's size instead (``SYNTH-PAPER``): an
+18 x 28 mm scan at 2.28 um/px (7895 x 12281 px) holding 3-6 nodes of 2-10 mm, drawn by the same
+node and focus renderer, each in a window around it, on off-white, slightly noisy glass (mean
+about RGB 246/244/247, never below 240 before compression, so ``prepare --glass-to-white 240``
+turns it white).
 """
 import json
 import multiprocessing
@@ -34,6 +40,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from data.errors import InputError
 from data.files import atomic_path, atomic_write_csv, atomic_write_text
 from data.manifest import POSITIVE_SIZES as SIZE_CATEGORIES, SPLITS, SUBTYPES
 
@@ -45,6 +52,7 @@ MANIFEST_COLUMNS = ("slide_id", "path", "label", "split", "size_category", "subt
 _H = np.array([0.55, 0.70, 0.33], np.float32)
 _E = np.array([0.15, 0.85, 0.35], np.float32)
 _TILE = 256
+_FAT_MAX_UM = 320.0    # the perinodal fat reaches at most this far from a node's capsule
 
 
 # --------------------------------------------------------------------------- geometry
@@ -183,11 +191,25 @@ def _disk_kernel(radius_px):
 
 
 def _render(rng, nodes, foci, shape, mpp):
-    """Stain amounts h, e (float32, level-0 grid) for the whole slide; returns RGB uint8."""
+    """The whole slide as RGB uint8 (level-0 grid): its stains, then a per-slide strength."""
+    h, e = _stains(rng, nodes, foci, shape, mpp)
+    strength = rng.uniform(0.85, 1.15, size=2)
+    rgb = _transmission(h, e, strength)
+    rgb *= np.float32(255.0)
+    return rgb.astype(np.uint8)    # od >= 0, so 0 < rgb <= 255
+
+
+def _stains(rng, nodes, foci, shape, mpp, background_e=0.012):
+    """Stain amounts h, e (float32, `shape`) of the nodes, their perinodal fat and the foci.
+
+    Geometry is in um from the grid's top-left corner; ``background_e`` is the eosin of what
+    no node, fat or focus covers (a faint pink on the cohort's slides, 0 where glass is drawn
+    separately).
+    """
     um = 1.0 / mpp  # pixels per micrometre
     hgt, wid = shape
     h = np.full(shape, 0.0, np.float32)
-    e = np.full(shape, 0.012, np.float32)
+    e = np.full(shape, background_e, np.float32)
     grain = rng.random(shape, dtype=np.float32) - 0.5
     tissue = np.zeros(shape, np.uint8)
     for n in nodes:
@@ -195,7 +217,7 @@ def _render(rng, nodes, foci, shape, mpp):
 
     # perinodal fat: a membrane network within ~250 um of the capsule
     outside = cv2.distanceTransform(1 - tissue, cv2.DIST_L2, 3) / um
-    fat = (outside > 0) & (outside < rng.uniform(180, 320))
+    fat = (outside > 0) & (outside < rng.uniform(180, _FAT_MAX_UM))
     membranes = _lines(_noise(rng, shape, 70 * um), 0.045)
     e[fat] += 0.42 * membranes[fat] + 0.02
     h[fat] += 0.05 * membranes[fat]
@@ -244,14 +266,17 @@ def _render(rng, nodes, foci, shape, mpp):
 
     for focus in foci:
         _render_focus(rng, h, e, grain, tissue, focus, um)
+    return h, e
 
-    strength_h, strength_e = rng.uniform(0.85, 1.15, size=2)
+
+def _transmission(h, e, strength):
+    """Share of light (float32 (H, W, 3), 0-1) that stain amounts h, e let through, by
+    Beer-Lambert with the per-slide stain strengths ``strength`` (hematoxylin, eosin)."""
+    strength_h, strength_e = strength
     od = (np.maximum(h, 0) * strength_h)[..., None] * _H + \
          (np.maximum(e, 0) * strength_e)[..., None] * _E
     od *= np.float32(-np.log(10.0))
-    rgb = np.exp(od, out=od)
-    rgb *= np.float32(255.0)
-    return rgb.astype(np.uint8)    # od >= 0, so 0 < rgb <= 255
+    return np.exp(od, out=od)
 
 
 def _render_focus(rng, h, e, grain, tissue, focus, um):
@@ -338,18 +363,38 @@ def aperio_description(width, height, mpp, level_of=None):
     return "{}{} |AppMag = {:g}|MPP = {:g}|Synthetic = true".format(head, size, magnification, mpp)
 
 
+def slide_shape(width_mm, height_mm, mpp):
+    """(height, width) in level-0 pixels of a width_mm x height_mm slide at mpp um/px."""
+    return int(round(1000.0 * height_mm / mpp)), int(round(1000.0 * width_mm / mpp))
+
+
+def level_dimensions(width, height, factor=4, min_size=64):
+    """[(width, height), ...] of the pyramid levels that :func:`pyramid` writes, level 0 first:
+    each level a `factor` downsample of the previous while its shorter side is >= min_size."""
+    dims = [(width, height)]
+    while min(dims[-1]) // factor >= min_size:
+        dims.append((dims[-1][0] // factor, dims[-1][1] // factor))
+    return dims
+
+
 def pyramid(rgb, factor=4, min_size=64):
     """Level 0 and its downsamples by `factor` (area averaging) while at least min_size px."""
     levels = [rgb]
-    while min(levels[-1].shape[:2]) // factor >= min_size:
-        prev = levels[-1]
-        size = (prev.shape[1] // factor, prev.shape[0] // factor)
-        levels.append(cv2.resize(prev, size, interpolation=cv2.INTER_AREA))
+    for size in level_dimensions(rgb.shape[1], rgb.shape[0], factor, min_size)[1:]:
+        levels.append(cv2.resize(levels[-1], size, interpolation=cv2.INTER_AREA))
     return levels
 
 
-def write_aperio_tiff(path, rgb, mpp, compression="jpeg", quality=90):
-    """Writes an openslide-readable Aperio-style pyramidal TIFF atomically (temp + rename)."""
+def write_aperio_tiff(path, rgb, mpp, compression="jpeg", quality=90, edge_tiles=False):
+    """Writes an openslide-readable Aperio-style pyramidal TIFF atomically (temp + rename).
+
+    The tiles along the right and bottom edges reach past the image. By default tifffile fills
+    that padding; the version pinned here zeroes only a partial tile's corner and keeps the
+    rest of its buffer, uninitialised memory when a level's first tile is partial, so such a
+    file's bytes (and, with JPEG, the pixels near that level's edges) can differ between runs.
+    `edge_tiles` pads with the image's last column and row instead (:func:`_edge_padded_tiles`):
+    the same image gives the same bytes. Readers never show the padding either way.
+    """
     import tifffile
     codec = ("jpeg", quality) if compression == "jpeg" else compression
     levels = pyramid(rgb)
@@ -358,12 +403,39 @@ def write_aperio_tiff(path, rgb, mpp, compression="jpeg", quality=90):
         for i, level in enumerate(levels):
             desc = aperio_description(level.shape[1], level.shape[0], mpp,
                                       None if i == 0 else (w0, h0))
-            tw.write(level, tile=(_TILE, _TILE), photometric="rgb", compression=codec,
+            # tiles from an iterator need the page's shape and dtype; an array must go alone
+            data = dict(data=_edge_padded_tiles(level), shape=level.shape, dtype=level.dtype) \
+                if edge_tiles else dict(data=level)
+            tw.write(**data, tile=(_TILE, _TILE), photometric="rgb", compression=codec,
                      description=desc, metadata=None)
+
+
+def _edge_padded_tiles(level):
+    """The _TILE x _TILE tiles of `level` in row-major order, those along the right and bottom
+    edges padded by repeating the last column and row: reproducible, and a JPEG block that
+    straddles the edge does not ring into the last pixels (dark padding would turn pale glass
+    there darker than glass, which `--glass-to-white` would then keep)."""
+    height, width = level.shape[:2]
+    for y in range(0, height, _TILE):
+        for x in range(0, width, _TILE):
+            tile = level[y:y + _TILE, x:x + _TILE]
+            short = (_TILE - tile.shape[0], _TILE - tile.shape[1])
+            if any(short):
+                tile = np.pad(tile, ((0, short[0]), (0, short[1]), (0, 0)), mode="edge")
+            yield np.ascontiguousarray(tile)
 
 
 def _write_json(path, obj):
     atomic_write_text(path, json.dumps(obj))
+
+
+def _write_foci(path, foci, mpp):
+    """The tumour polygons of one slide as GeoJSON, level-0 pixels, one feature per focus."""
+    _write_json(path, {"type": "FeatureCollection", "features": [
+        _feature(f["polygon_um"] / mpp, dict(
+            classification={"name": "Tumor"}, synthetic=True,
+            size_category=f["size_category"], subtype=f["subtype"], node=f["node"],
+            max_diameter_um=round(f["max_diameter_um"], 1))) for f in foci]})
 
 
 def _feature(polygon_px, properties):
@@ -442,7 +514,7 @@ def make_slide(row, seed, mpp=2.0, width_mm=5.5, height_mm=4.5, micro_min_mm=0.3
     """Renders one slide of the plan: (rgb uint8 level 0, nodes, foci); geometry in um."""
     rng = np.random.default_rng([seed, 1, row["index"]])
     width_um, height_um = 1000.0 * width_mm, 1000.0 * height_mm
-    shape = (int(round(height_um / mpp)), int(round(width_um / mpp)))
+    shape = slide_shape(width_mm, height_mm, mpp)
     nodes = _layout_nodes(rng, width_um, height_um)
     foci = []
     if row["label"] == 1:
@@ -472,12 +544,7 @@ def _build_one(job):
     write_aperio_tiff(os.path.join(out_dir, "slides", row["slide_id"] + ".tiff"), rgb, mpp,
                       options["compression"])
     if foci:
-        _write_json(os.path.join(out_dir, "foci", row["slide_id"] + ".geojson"), {
-            "type": "FeatureCollection", "features": [
-                _feature(f["polygon_um"] / mpp, dict(
-                    classification={"name": "Tumor"}, synthetic=True,
-                    size_category=f["size_category"], subtype=f["subtype"], node=f["node"],
-                    max_diameter_um=round(f["max_diameter_um"], 1))) for f in foci]})
+        _write_foci(os.path.join(out_dir, "foci", row["slide_id"] + ".geojson"), foci, mpp)
     node_rows = []
     if row["with_nodes"]:
         for k, n in enumerate(nodes):
@@ -564,6 +631,279 @@ def make_cohort(out_dir, slides, seed, mpp=2.0, node_fraction=0.5, width_mm=5.5,
     return manifest
 
 
+
+# --------------------------------------------------------------------------- paper-sized slide
+
+PAPER_WIDTH_MM, PAPER_HEIGHT_MM = 18.0, 28.0   # the scanned rectangle of one lymph-node slide
+PAPER_MPP = 2.28            # the paper's 4x (configs/paper.yaml, data.target_mpp)
+PAPER_NODES = (3, 6)        # how many nodes it holds, both ends included
+PAPER_NODE_MM = (2.0, 10.0)  # a node's largest diameter (maximum Feret diameter), mm
+PAPER_MIN_MM = 12.0         # the shorter side that still holds a 10 mm node with its fat
+PAPER_SLIDE_ID = "SYNTH-PAPER"
+GLASS_RGB = (246.0, 244.0, 247.0)   # mean colour of the bare glass (a faint lilac tint)
+GLASS_NOISE = 1.2           # per-pixel noise of the glass, RGB units (standard deviation) ...
+GLASS_NOISE_CLIP = 2.0      # ... cut at this many deviations, so that glass stays >= 240
+GLASS_SHADING = 1.0         # slow illumination drift across the glass, +- RGB units
+_NODE_GAP_UM = 2 * _FAT_MAX_UM + 100.0   # between two node outlines: their fat never meets
+_EDGE_UM = _FAT_MAX_UM + 200.0           # between a node outline and the slide's edge
+_GLASS_STRIP = 256          # rows of glass drawn at a time (part of the seed's draw order)
+
+
+def paper_dimensions(width_mm=PAPER_WIDTH_MM, height_mm=PAPER_HEIGHT_MM, mpp=PAPER_MPP):
+    """[(width, height), ...] in pixels of every pyramid level of the paper-sized slide, level 0
+    first, without drawing it (18 x 28 mm at 2.28 um/px: 7895 x 12281 px at level 0)."""
+    height, width = slide_shape(width_mm, height_mm, mpp)
+    return level_dimensions(width, height)
+
+
+def paper_slide(seed, mpp=PAPER_MPP, width_mm=PAPER_WIDTH_MM, height_mm=PAPER_HEIGHT_MM,
+                size_category=None, subtype=None, micro_min_mm=0.3):
+    """Renders the paper-sized slide: (rgb uint8 level 0, size_category, subtype, nodes, foci).
+
+    3-6 lymph nodes of 2-10 mm (largest diameter), each with its perinodal fat, on off-white,
+    slightly noisy glass. The seed decides everything; ``size_category`` ('negative', 'macro',
+    'micro', 'itc') and ``subtype`` override the seed's draw of them and nothing else. A
+    positive slide has one focus, in its widest node when macro, else in a node drawn at random.
+    Memory: the slide's RGB plus the float maps of one node's window at a time.
+    """
+    rng = np.random.default_rng([seed, 3])
+    category, subtype = _paper_label(rng, size_category, subtype)
+    nodes = _layout_paper_nodes(rng, 1000.0 * width_mm, 1000.0 * height_mm)
+    foci = []
+    if category != "negative":
+        foci.append(_paper_focus(rng, nodes, category, subtype, micro_min_mm))
+    strength = rng.uniform(0.85, 1.15, size=2)
+    rgb = _glass(rng, slide_shape(width_mm, height_mm, mpp), mpp)
+    for k, node in enumerate(nodes):
+        mine = [f for f in foci if f["node"] == k]
+        _draw_node(np.random.default_rng([seed, 4, k]), rgb, node, mine, mpp, strength)
+    return rgb, category, subtype, nodes, foci
+
+
+def _paper_label(rng, size_category, subtype, positive_share=0.5,
+                 size_mix=(0.5, 0.4, 0.1), subtype_mix=(0.6, 0.2, 0.2)):
+    """(size_category, subtype) of the paper-sized slide: drawn from the seed (half positive,
+    then the cohort's size and subtype mix) unless given; always drawn, so that giving them
+    leaves the rest of the slide as the seed draws it."""
+    positive = rng.random() < positive_share
+    drawn_size = SIZE_CATEGORIES[int(rng.choice(len(SIZE_CATEGORIES),
+                                                p=np.divide(size_mix, np.sum(size_mix))))]
+    drawn_subtype = SUBTYPES[int(rng.choice(len(SUBTYPES),
+                                            p=np.divide(subtype_mix, np.sum(subtype_mix))))]
+    if size_category is None:
+        size_category = drawn_size if positive else "negative"
+    if size_category == "negative":
+        return size_category, ""
+    if size_category not in SIZE_CATEGORIES:
+        raise ValueError("unknown size category {!r}".format(size_category))
+    subtype = drawn_subtype if subtype is None else subtype
+    if subtype not in SUBTYPES:
+        raise ValueError("unknown subtype {!r}".format(subtype))
+    return size_category, subtype
+
+
+def _layout_paper_nodes(rng, width_um, height_um, count=PAPER_NODES, length_mm=PAPER_NODE_MM):
+    """`count` (low, high) nodes with largest diameters drawn in `length_mm`, placed largest
+    first, each _NODE_GAP_UM from the others and _EDGE_UM from the slide's edge. A node that
+    finds no room shrinks by steps of 15 % (not below the shortest length) and only then is left
+    out; fewer than count[0] nodes is an error (a slide too small for them)."""
+    wanted = int(rng.integers(count[0], count[1] + 1))
+    shortest = 1000.0 * length_mm[0]
+    nodes = []
+    for length in np.sort(rng.uniform(*length_mm, size=wanted))[::-1] * 1000.0:
+        node = _place_paper_node(rng, nodes, length, width_um, height_um)
+        while node is None and length > shortest:
+            length = max(shortest, 0.85 * length)
+            node = _place_paper_node(rng, nodes, length, width_um, height_um)
+        if node is not None:
+            nodes.append(node)
+    if len(nodes) < count[0]:
+        raise RuntimeError("only {} of at least {} nodes fit a {:g} x {:g} mm slide".format(
+            len(nodes), count[0], width_um / 1000, height_um / 1000))
+    return nodes
+
+
+def _place_paper_node(rng, nodes, length_um, width_um, height_um, tries=100):
+    """An ovoid node of largest diameter `length_um` (minor/major 0.55-0.85, any angle) at a
+    random free place, or None when `tries` draws find none."""
+    for _try in range(tries):
+        ratio, angle = rng.uniform(0.55, 0.85), rng.uniform(0, np.pi)
+        unit = _node_polygon(rng, np.zeros(2), 1.0, ratio, angle)
+        scale = length_um / max_diameter(unit)
+        outline = unit * scale
+        low = _EDGE_UM - outline.min(0)
+        high = np.array([width_um, height_um]) - _EDGE_UM - outline.max(0)
+        if np.any(high < low):
+            continue
+        centre = rng.uniform(low, high)
+        polygon = outline + centre
+        if all(_apart(polygon, n["polygon"], _NODE_GAP_UM) for n in nodes):
+            return dict(centre=centre, a=scale, b=scale * ratio, angle=angle, polygon=polygon)
+    return None
+
+
+def _apart(p, q, gap):
+    """True when the outlines p and q (convex-ish polygons) are at least `gap` apart: the
+    shortest distance between two disjoint polygons runs from a vertex of one to the other."""
+    for a, b in ((p, q), (q, p)):
+        contour = b.astype(np.float32).reshape(-1, 1, 2)
+        if any(cv2.pointPolygonTest(contour, (float(x), float(y)), True) > -gap for x, y in a):
+            return False
+    return True
+
+
+def _paper_focus(rng, nodes, category, subtype, micro_min_mm):
+    """The slide's one tumour focus: in the widest node when macro, else in a random node."""
+    k = int(np.argmax([n["b"] for n in nodes])) if category == "macro" \
+        else int(rng.integers(len(nodes)))
+    low, high = size_range_um(category, micro_min_mm, nodes[k]["b"])
+    for _attempt in range(20):
+        polygon = _place_focus(rng, nodes[k], rng.uniform(low, high))
+        if polygon is not None:
+            return dict(polygon_um=polygon, node=k, size_category=category, subtype=subtype,
+                        max_diameter_um=max_diameter(polygon))
+    raise RuntimeError("could not place a {} focus in node {}".format(category, k + 1))
+
+
+def _glass(rng, shape, mpp):
+    """Bare glass as a scanner sees it (uint8 RGB, `shape`): GLASS_RGB, a slow shading of at
+    most +-GLASS_SHADING (three plane waves of 6-20 mm) and clipped per-pixel noise. Drawn in
+    strips of rows, so its only large array is the result."""
+    height, width = shape
+    waves = [(GLASS_SHADING / 3 * rng.uniform(0.5, 1.0), rng.uniform(0, np.pi),
+              rng.uniform(6000.0, 20000.0), rng.uniform(0, 2 * np.pi)) for _ in range(3)]
+    x_um = (np.arange(width) + 0.5) * mpp
+    base = np.asarray(GLASS_RGB, np.float32)
+    rgb = np.empty((height, width, 3), np.uint8)
+    for r0 in range(0, height, _GLASS_STRIP):
+        r1 = min(height, r0 + _GLASS_STRIP)
+        y_um = ((np.arange(r0, r1) + 0.5) * mpp)[:, None]
+        shade = np.zeros((r1 - r0, width))
+        for amplitude, direction, wavelength, phase in waves:
+            along = x_um * np.cos(direction) + y_um * np.sin(direction)
+            shade += amplitude * np.cos(2 * np.pi * along / wavelength + phase)
+        noise = rng.standard_normal((r1 - r0, width, 3), dtype=np.float32)
+        np.clip(noise, -GLASS_NOISE_CLIP, GLASS_NOISE_CLIP, out=noise)
+        noise *= np.float32(GLASS_NOISE)
+        noise += shade.astype(np.float32)[..., None]
+        noise += base
+        rgb[r0:r1] = np.rint(noise, out=noise)
+    return rgb
+
+
+def _draw_node(rng, rgb, node, foci, mpp, strength):
+    """Draws one node, its perinodal fat and its foci onto the glass of `rgb`, in a window
+    around the node (the float maps are the window's, not the slide's). The tissue lets through
+    a share of the glass' light (Beer-Lambert), so the glass tints it as on a scan; where no
+    stain lies the share is exactly 1 and the glass is left as it is."""
+    height, width = rgb.shape[:2]
+    pad = _FAT_MAX_UM + 4 * mpp
+    x0, y0 = np.maximum(np.floor((node["polygon"].min(0) - pad) / mpp).astype(int), 0)
+    x1, y1 = np.ceil((node["polygon"].max(0) + pad) / mpp).astype(int)
+    x1, y1 = min(width, x1), min(height, y1)
+    origin = np.array([x0, y0], float) * mpp
+    local = dict(node, centre=node["centre"] - origin, polygon=node["polygon"] - origin)
+    local_foci = [dict(f, polygon_um=f["polygon_um"] - origin) for f in foci]
+    h, e = _stains(rng, [local], local_foci, (y1 - y0, x1 - x0), mpp, background_e=0.0)
+    light = _transmission(h, e, strength)
+    del h, e
+    window = rgb[y0:y1, x0:x1]
+    light *= window
+    window[...] = np.rint(light, out=light)
+
+
+def make_paper_slide(out_dir, seed, mpp=PAPER_MPP, width_mm=PAPER_WIDTH_MM,
+                     height_mm=PAPER_HEIGHT_MM, size_category=None, subtype=None,
+                     micro_min_mm=0.3, compression="jpeg"):
+    """Writes ONE synthetic lymph-node slide of the paper's size into `out_dir`; returns its
+    manifest (one row, split 'test'; also manifest.csv).
+
+    The slide (see :func:`paper_slide`) is ``slides/SYNTH-PAPER.tiff``, the same Aperio-style
+    pyramid as a cohort's slides; ``foci/SYNTH-PAPER.geojson`` holds its tumour polygon when
+    positive, ``nodes/SYNTH-PAPER.geojson`` the outline of every node (level-0 pixels, with its
+    largest diameter in mm); README.txt and cohort.json say that it is synthetic.
+    """
+    for sub in ("slides", "foci", "nodes"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    rgb, category, subtype, nodes, foci = paper_slide(
+        seed, mpp, width_mm, height_mm, size_category, subtype, micro_min_mm)
+    sid = PAPER_SLIDE_ID
+    height, width = rgb.shape[:2]
+    write_aperio_tiff(os.path.join(out_dir, "slides", sid + ".tiff"), rgb, mpp, compression,
+                      edge_tiles=True)
+    del rgb
+    if foci:
+        _write_foci(os.path.join(out_dir, "foci", sid + ".geojson"), foci, mpp)
+    node_mm = [round(max_diameter(n["polygon"]) / 1000.0, 3) for n in nodes]
+    _write_json(os.path.join(out_dir, "nodes", sid + ".geojson"), {
+        "type": "FeatureCollection", "features": [_feature(n["polygon"] / mpp, dict(
+            classification={"name": "Lymph node"}, synthetic=True, node=k + 1,
+            max_diameter_mm=mm)) for k, (n, mm) in enumerate(zip(nodes, node_mm))]})
+    row = dict(slide_id=sid, path="slides/{}.tiff".format(sid), label=int(bool(foci)),
+               split="test", size_category=category, subtype=subtype, chemo=0, level="slide",
+               annotation="", mpp=mpp, foci="foci/{}.geojson".format(sid) if foci else "")
+    manifest = pd.DataFrame.from_records([row], columns=list(MANIFEST_COLUMNS))
+    atomic_write_csv(manifest, os.path.join(out_dir, "manifest.csv"))
+    parameters = dict(synthetic=True, paper_size=True, slides=1, seed=seed, mpp=mpp,
+                      width_mm=width_mm, height_mm=height_mm, width_px=width, height_px=height,
+                      size_category=category, subtype=subtype, micro_min_mm=micro_min_mm,
+                      node_mm=node_mm, compression=compression)
+    _write_json(os.path.join(out_dir, "cohort.json"), parameters)
+    atomic_write_text(os.path.join(out_dir, "README.txt"), _PAPER_README.format(
+        **parameters, nodes=len(nodes), node_range="{:.1f}-{:.1f}".format(min(node_mm),
+                                                                        max(node_mm))))
+    return manifest
+
+
+# --------------------------------------------------------------------------- the options
+
+class SynthError(InputError):
+    """An option of the generator that cannot make a slide; the message names its flag."""
+
+
+COHORT_DEFAULTS = dict(mpp=2.0, width_mm=5.5, height_mm=4.5, node_fraction=0.5)
+PAPER_DEFAULTS = dict(mpp=PAPER_MPP, width_mm=PAPER_WIDTH_MM, height_mm=PAPER_HEIGHT_MM)
+MAX_PIXELS = 1.2e8          # level-0 pixels of one slide that this generator renders
+
+
+def _require(ok, message):
+    """A SynthError with ``message`` unless ``ok``."""
+    if not ok:
+        raise SynthError(message)
+
+
+def _check_cohort_options(slides, node_fraction, width_mm, height_mm, workers):
+    _require(slides is not None,
+             "--slides: required (the number of slides, >= 2), unless --paper-size")
+    _require(slides >= 2, "--slides: need at least 2, got {}".format(slides))
+    _require(0.0 <= node_fraction <= 1.0,
+             "--node-fraction: must be in [0, 1], got {}".format(node_fraction))
+    _require(not (width_mm < 4.0 or height_mm < 3.8),
+             "--width-mm/--height-mm: the slide must be at least 4.0 x 3.8 mm to hold a node "
+             "with a macrometastasis (> 2 mm), got {} x {}".format(width_mm, height_mm))
+    _require(workers is None or workers >= 1, "--workers: must be >= 1, got {}".format(workers))
+
+
+def check_options(seed, mpp, width_mm, height_mm, micro_min_mm, paper_size=False, slides=None,
+                  node_fraction=0.5, workers=None):
+    """The options of ``make_cohort`` (or, ``paper_size``, of ``make_paper_slide``) before
+    anything is written: a SynthError naming the flag of the first one out of range."""
+    if paper_size:
+        _require(not min(width_mm, height_mm) < PAPER_MIN_MM,
+                 "--width-mm/--height-mm: a --paper-size slide must be at least {:g} mm on each "
+                 "side to hold its nodes of up to 10 mm, got {} x {}".format(
+                     PAPER_MIN_MM, width_mm, height_mm))
+    else:
+        _check_cohort_options(slides, node_fraction, width_mm, height_mm, workers)
+    _require(seed >= 0, "--seed: must be >= 0, got {}".format(seed))
+    _require(0.05 <= mpp <= 16, "--mpp: {} um/px is outside 0.05..16".format(mpp))
+    _require(0.2 <= micro_min_mm < 1.9,
+             "--micro-min-mm: must be in [0.2, 1.9), got {}".format(micro_min_mm))
+    pixels = (width_mm * 1000 / mpp) * (height_mm * 1000 / mpp)
+    _require(not pixels > MAX_PIXELS, "--mpp {}: {:.0f} Mpx per slide is too large for this "
+             "generator; use a coarser --mpp or a smaller slide".format(mpp, pixels / 1e6))
+
+
 _README = """SYNTHETIC COHORT - NOT PATIENT DATA, NOT THE PAPER'S DATA
 
 Written by `python -m reproduce synth` (data/synth.py) of the reproduction package for
@@ -582,4 +922,25 @@ manifest.csv         slide_id, path, label, split, size_category, subtype, chemo
 foci/*.geojson       tumour polygons of positive slides, level-0 pixel coordinates
 nodes/*.geojson      QuPath-style outline of one node per node-level row, level-0 pixels
 cohort.json          the generator's parameters
+"""
+
+
+_PAPER_README = """SYNTHETIC SLIDE - NOT PATIENT DATA, NOT THE PAPER'S DATA
+
+Written by `python -m reproduce synth --paper-size` (data/synth.py) of the reproduction package
+for "Identification of nodal micrometastasis in colorectal cancer using deep learning on
+annotation-free whole-slide images" (Modern Pathology, 2021). One slide of the paper's size,
+drawn by a program: {nodes} lymph-node-like nodes ({node_range} mm) with their perinodal fat on
+off-white, slightly noisy glass; tumour: {size_category} {subtype}. It exists to measure what the
+software costs on a slide of that size; it says nothing about the method's accuracy.
+
+seed: {seed}, level-0 mpp: {mpp} um/px, slide {width_mm} x {height_mm} mm,
+{width_px} x {height_px} px at level 0.
+
+slides/SYNTH-PAPER.tiff   Aperio-style pyramidal TIFF (openslide-readable, MPP in the description)
+manifest.csv              one row: slide_id, path, label, split, size_category, subtype, chemo,
+                          level, annotation, mpp, foci
+foci/SYNTH-PAPER.geojson  the tumour polygon of a positive slide, level-0 pixel coordinates
+nodes/SYNTH-PAPER.geojson the outline of every node (largest diameter in mm), level-0 pixels
+cohort.json               the generator's parameters
 """

@@ -9,16 +9,30 @@ so that mean(cam_logit) == the slide's logit (GAP and the dense layer are both l
 map shown is sigmoid(cam_logit), upsampled to the image with bicubic interpolation
 (OpenCV's INTER_CUBIC, a = -0.75).
 
-Geometry (all sizes in pixels; "image" = the prepared image at the config's target mpp):
+Geometry (all sizes in pixels; "image" = the prepared image at the config's target mpp). One
+convention, used by the upsampling, the overlay, the GeoJSON regions, the TIFF and the
+localisation figures alike:
 
-* grid cell (i, j) covers canvas pixels [32 i, 32 i + 32) x [32 j, 32 j + 32) (output stride 32),
-  so its centre lies at canvas pixel index 32 i + 15.5;
+* grid cell (i, j) is centred on canvas pixel (32 i, 32 j): that is where ResNet-50 centres the
+  receptive field of its output (i, j), which spans canvas pixels [32 j - 241, 32 j + 241] per
+  axis (483 px). Measured on the backbone itself by tests/test_cam_geometry.py (the midpoint of
+  the pixels that can change a cell's features is 32 j), and the fact model/streaming.py's
+  tiling rests on. So canvas pixel index p lies at grid coordinate g = p / 32 (cell centres at
+  integers; ``canvas_to_grid``), and the map on the canvas is the bicubic curve through the cell
+  values placed at their centres, the border cells replicated beyond the first and last centres;
+* the released code (aetherAI/whole-slide-cnn) upsamples with ``cv2.resize(grid, (32 w, 32 h),
+  interpolation=cv2.INTER_CUBIC)``, which aligns pixel *areas* (g = (p + 0.5) / 32 - 0.5): it
+  draws cell j's value at canvas pixel 32 j + 15.5, i.e. 15.5 px right of and below where the
+  network centres that cell: 35 um at 2.28 um/px, 0.5 mm at 32 um/px. This package draws it
+  where the network computes it; ``upsample`` with offset -15.5 reproduces the released map;
 * the canvas is the image centre-padded with white (or centre-cropped):
   canvas pixel = image pixel + offset, offset = ``image_offset(shape, canvas)`` (per axis
   ``data.augment.canvas_offset``, the pipeline's own);
 * image pixel p (centre at physical (p + 0.5) * target_mpp um from the image origin) lies at
   level-0 pixel index (p + 0.5) * target_mpp / level0_mpp - 0.5 + origin, where origin is (0, 0)
-  for a whole slide and the level-0 top-left of the node's bounding box for a node crop.
+  for a whole slide and the level-0 top-left of the node's bounding box for a node crop
+  (``image_to_level0``). GeoJSON coordinates are continuous, as QuPath's and the ``foci`` and
+  node annotations': level-0 pixel i spans [i, i + 1), so pixel index i is coordinate i + 0.5.
 
 Exports per slide: a PNG overlay on a thumbnail, the high-CAM regions as a QuPath-compatible
 GeoJSON FeatureCollection in level-0 pixel coordinates, and optionally the map as a TIFF.
@@ -50,8 +64,9 @@ def image_to_canvas(points_yx, offset):
 
 
 def canvas_to_grid(points_yx):
-    """Canvas pixel indices -> CAM grid coordinates (cell centres at integers): (p + 0.5)/32 - 0.5."""
-    return (np.asarray(points_yx, dtype=np.float64) + 0.5) / OUTPUT_STRIDE - 0.5
+    """Canvas pixel indices -> CAM grid coordinates: p / 32, so cell j sits on canvas pixel 32 j,
+    the centre of its receptive field (see the module docstring)."""
+    return np.asarray(points_yx, dtype=np.float64) / OUTPUT_STRIDE
 
 
 def image_to_level0(points_xy, target_mpp, level0_mpp, origin_xy=(0.0, 0.0)):
@@ -69,6 +84,15 @@ def level0_to_image(points_xy, target_mpp, level0_mpp, origin_xy=(0.0, 0.0)):
     scale = float(target_mpp) / float(level0_mpp)
     pts = np.asarray(points_xy, dtype=np.float64) - np.asarray(origin_xy, dtype=np.float64)
     return (pts + 0.5) / scale - 0.5
+
+
+def map_to_geojson(points_xy, downsample, target_mpp, level0_mpp, origin_xy=(0.0, 0.0)):
+    """Pixel indices (x, y) of a map at ``target_mpp * downsample`` -> GeoJSON level-0
+    coordinates (continuous, level-0 pixel i spanning [i, i + 1)): (q + 0.5) d s + origin, with
+    s level-0 pixels per image pixel; the same point as ``image_to_level0`` gives, plus 0.5."""
+    scale = float(target_mpp) / float(level0_mpp)
+    pts = np.asarray(points_xy, dtype=np.float64)
+    return (pts + 0.5) * (float(downsample) * scale) + np.asarray(origin_xy, dtype=np.float64)
 
 
 def _cubic_weights(coords, n, a=-0.75):
@@ -99,11 +123,14 @@ def upsample(cam_prob, image_shape, offset, downsample=1):
     ``offset``: ``image_offset(...)`` of that image on the model's canvas.
     ``downsample``: output pixel u covers image pixels [u d, u d + d); 1 = full image size.
 
-    Output pixel u samples grid coordinate g = (c + 0.5) / 32 - 0.5 at canvas pixel
-    c = (u + 0.5) d - 0.5 + offset. Bicubic is separable, so the result is Wy @ grid @ Wx^T with
-    the (Keys, a = -0.75) weight matrices: with d = 1 and no offset this is exactly OpenCV's
-    ``cv2.resize(grid, (32 w, 32 h), interpolation=cv2.INTER_CUBIC)``, without ever building
-    the whole canvas-sized map. Results are clipped to the grid's range (bicubic overshoots).
+    Output pixel u samples grid coordinate g = c / 32 at canvas pixel c = (u + 0.5) d - 0.5 +
+    offset (``canvas_to_grid``): cell j's value lands on canvas pixel 32 j. Bicubic is separable,
+    so the result is Wy @ grid @ Wx^T with the (Keys, a = -0.75, as OpenCV's INTER_CUBIC) weight
+    matrices, without ever building the whole canvas-sized map; with d = 1 it equals
+    ``cv2.warpAffine`` of the grid by a factor 32 (INTER_CUBIC, replicated border). An offset
+    of (-15.5, -15.5) on a 32 h x 32 w image gives the released code's ``cv2.resize(grid,
+    (32 w, 32 h), interpolation=cv2.INTER_CUBIC)``. Results are clipped to the grid's range
+    (bicubic overshoots).
     """
     grid = np.asarray(cam_prob, dtype=np.float64)
     d = float(downsample)
@@ -134,8 +161,10 @@ def regions(cam_image, threshold=0.5, downsample=1, target_mpp=1.0, level0_mpp=1
 
     ``cam_image``: the upsampled map (``cam_map``), whose pixel u covers image pixels
     [u d, u d + d). Pixels >= ``threshold`` form regions (8-connected components); each
-    becomes one Polygon (outer ring + holes, from cv2.findContours) with properties
-    classification ``Tumor (CAM)``, ``cam_max`` and ``cam_mean`` over the region and its area.
+    becomes one Polygon (outer ring + holes, from cv2.findContours: rings through the centres
+    of the region's edge pixels) with properties classification ``Tumor (CAM)``, ``cam_max``
+    and ``cam_mean`` over the region and its area. Vertices are GeoJSON level-0 coordinates
+    (``map_to_geojson``), the frame of QuPath and of the ``foci`` annotations.
     """
     import cv2
     mask = (np.asarray(cam_image) >= threshold).astype(np.uint8)
@@ -161,8 +190,7 @@ def regions(cam_image, threshold=0.5, downsample=1, target_mpp=1.0, level0_mpp=1
                 x0, y0 = pts.min(axis=0) - 0.5
                 x1, y1 = pts.max(axis=0) + 0.5
                 pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-            image_pts = (pts + 0.5) * downsample - 0.5
-            ring = image_to_level0(image_pts, target_mpp, level0_mpp, origin_xy)
+            ring = map_to_geojson(pts, downsample, target_mpp, level0_mpp, origin_xy)
             ring = [[round(float(a), 2), round(float(b), 2)] for a, b in ring]
             ring.append(ring[0])
             if is_hole:
@@ -269,7 +297,8 @@ def write_tiff(cam_image, path, target_mpp, level0_mpp, downsample=1, origin_xy=
         "level0_mpp": float(level0_mpp),
         "level0_per_pixel": mpp / float(level0_mpp),
         "level0_origin_xy": [float(origin_xy[0]), float(origin_xy[1])],
-        "mapping": "level0 = (p + 0.5) * level0_per_pixel - 0.5 + origin",
+        "mapping": "level0 pixel index = (p + 0.5) * level0_per_pixel - 0.5 + origin, "
+                   "p a pixel index of this map",
     }
     per_cm = 1e4 / mpp
 

@@ -53,7 +53,9 @@ SCHEMA = {
     "data": {
         "manifest": (None, _check(lambda v: v is None or (isinstance(v, str) and v),
                                   "must be a path or null")),
-        "cache": (REQUIRED, _STRING),
+        # the prepare cache; null: prediction reads the slides (training needs a cache)
+        "cache": (REQUIRED, _check(lambda v: v is None or (isinstance(v, str) and v),
+                               "must be a path or null")),
         "target_mpp": (REQUIRED, _NUMBER),       # µm per pixel of the training images
         "canvas": (REQUIRED, _check(lambda v: _positive_int(v) and v >= 32,
                                     "must be a positive integer of at least 32 (pixels)")),
@@ -133,6 +135,16 @@ def load_config(config, overrides=None, world_size=None):
     ranks, checked against train.batch_size (the batch is one slide per rank per micro-step,
     accumulated batch_size / world_size times, so it must divide).
     """
+    path, raw = _read_raw(config)
+    cfg = _with_defaults(raw, path)
+    _apply_overrides(cfg, overrides, path)
+    _check_values(cfg, path)
+    _check_relations(cfg, path, world_size)
+    return cfg
+
+
+def _read_raw(config):
+    """(the name messages use, the sections as given) of a file path or a dict."""
     if isinstance(config, dict):
         path = getattr(config, "path", None) or DICT_NAME
         raw = copy.deepcopy(dict(config))
@@ -146,7 +158,11 @@ def load_config(config, overrides=None, world_size=None):
     for key in raw:
         if key not in TOP_LEVEL:
             raise _err(path, key, "unknown key (sections: {})".format(", ".join(TOP_LEVEL)))
+    return path, raw
 
+
+def _with_defaults(raw, path):
+    """A ``Config`` of every section's keys: the given values, else the schema's defaults."""
     cfg = Config()
     cfg.path = path
     for section, keys in SCHEMA.items():
@@ -158,7 +174,11 @@ def load_config(config, overrides=None, world_size=None):
                 raise _err(path, "{}.{}".format(section, key), "unknown key")
         cfg[section] = {k: given.get(k, default) for k, (default, _) in keys.items()}
     cfg["out"] = raw.get("out")
+    return cfg
 
+
+def _apply_overrides(cfg, overrides, path):
+    """The command line's values ({dotted key: value}, None: not given) over the file's."""
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -170,6 +190,9 @@ def load_config(config, overrides=None, world_size=None):
                 raise _err(path, dotted, "unknown key (override)")
             cfg[section][key] = value
 
+
+def _check_values(cfg, path):
+    """Each value against its schema check (required keys present, types and ranges)."""
     for section, keys in SCHEMA.items():
         for key, (default, check) in keys.items():
             value = cfg[section][key]
@@ -188,9 +211,6 @@ def load_config(config, overrides=None, world_size=None):
                 raise _err(path, name, "{} (got {!r})".format(problem, value))
     if not isinstance(cfg["out"], str) or not cfg["out"]:
         raise _err(path, "out", "missing: the run directory (or pass --out)")
-
-    _check_relations(cfg, path, world_size)
-    return cfg
 
 
 def _check_relations(cfg, path, world_size):

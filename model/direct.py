@@ -1,7 +1,7 @@
 """The direct strategy: one slide through the whole graph at once.
 
 This is the original method's computation. The memory it needs grows with the image
-(about 1.6 KB of host RAM per input pixel on the CPU), so it serves images that fit; the
+(about 1.7 KB of host RAM per input pixel on the CPU), so it serves images that fit; the
 `unified` strategy runs it on a GPU with oversubscribed CUDA unified memory, and the
 `streaming` strategy (model/streaming.py) gives the same numbers tile by tile.
 
@@ -15,6 +15,7 @@ import tensorflow as tf
 from data.canvas import Canvas, as_canvas
 from model.loss import sigmoid
 from model.resnet import cam_logits
+from model.runner import numpy_function
 
 _IMAGE = tf.TensorSpec([None, None, 3], tf.uint8)   # any H x W, RGB uint8
 _LABEL = tf.TensorSpec([], tf.float32)
@@ -28,7 +29,7 @@ class Direct:
     def __init__(self, model):
         self.model = model
         self._gradients = tf.function(self._gradients_graph, input_signature=[_IMAGE, _LABEL])
-        self._forward = tf.function(self._forward_graph, input_signature=[_IMAGE])
+        self._forward = numpy_function(self._forward_graph, [_IMAGE])
 
     def _logit_and_features(self, image):
         # The Keras input is float32 holding 0..255; model.resnet.preprocess does the rest.
@@ -55,12 +56,13 @@ class Direct:
     def predict(self, image, cam=False):
         """dict(probability, logit, cam): cam is the pre-sigmoid CAM on the stride-32 grid."""
         logit, grid = self._forward(_dense(image))
-        logit = float(logit.numpy())
-        return dict(probability=sigmoid(logit), logit=logit, cam=grid.numpy() if cam else None)
+        logit = float(logit)
+        return dict(probability=sigmoid(logit), logit=logit, cam=grid if cam else None)
 
 
 def _dense(image):
-    """The whole canvas as a uint8 tensor: the direct strategy is the one that builds it."""
+    """The whole canvas as a uint8 array (a tensor stays one): the direct strategy is the one
+    that builds it."""
     if isinstance(image, (Canvas, dict)):
         image = as_canvas(image).dense()
-    return tf.convert_to_tensor(np.asarray(image, np.uint8) if not tf.is_tensor(image) else image)
+    return image if tf.is_tensor(image) else np.asarray(image, np.uint8)

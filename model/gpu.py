@@ -19,6 +19,8 @@ import os
 import shutil
 import subprocess
 
+from data.errors import InputError
+
 
 def unified_memory_fraction(host_ram_bytes, gpu_ram_bytes):
     """host RAM / GPU RAM: above 1 means oversubscription into host memory."""
@@ -99,7 +101,24 @@ def threads_per_rank(local_size=1):
     return max(1, (os.cpu_count() or 1) // max(1, local_size))
 
 
+class GraphModeError(InputError):
+    """This process already runs TensorFlow in TF1's graph mode, and eager execution is needed."""
+
+
 def configure(config):
-    """Makes ``config`` the eager context's configuration; call before any TF op runs."""
+    """Makes ``config`` the eager context's configuration; call before any TF op runs.
+
+    Training runs eagerly. A process that has already built a graph (TF1's default mode, e.g. a
+    model built before ``fit``) can no longer switch: that is a one-line GraphModeError here
+    rather than TensorFlow's own ValueError. (Prediction runs in either mode: model/runner.py.)
+    """
     import tensorflow as tf
-    tf.compat.v1.enable_eager_execution(config=config)
+    try:
+        tf.compat.v1.enable_eager_execution(config=config)
+    except ValueError:
+        if tf.executing_eagerly():   # eager already, with other options: TensorFlow's message
+            raise
+        raise GraphModeError(
+            "TensorFlow already runs in graph mode in this process (something built a graph "
+            "first, e.g. a model), and training needs eager execution from the start: call fit "
+            "before building anything, or run python -m reproduce train")

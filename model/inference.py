@@ -12,6 +12,11 @@ canvas, ``target_mpp``, the slide's level-0 mpp and the level-0 origin of the im
 ``model.cam.export_prediction`` / ``prediction_regions`` turn it into a PNG overlay and a
 GeoJSON in level-0 slide pixels without further arguments.
 
+The input -- target mpp, canvas, resampling filter, glass threshold -- is the checkpoint's own
+input contract where it has one (model/checkpoint.py), so no config is needed to predict with
+it. The model runs in the mode the process is in: eager, or TF1's default graph mode for a
+model built there (model/runner.py).
+
 Bad input raises ``data.errors.InputError`` subclasses naming the file or the value:
 ``PredictionError`` here, ``CheckpointError``, ``SlideError``, ``CacheError``, ...
 """
@@ -68,42 +73,82 @@ def _number(name, value):
     return value
 
 
+def _is_path(checkpoint_or_model):
+    return isinstance(checkpoint_or_model, (str, bytes, os.PathLike))
+
+
 def _load_model(checkpoint_or_model):
-    if isinstance(checkpoint_or_model, (str, bytes, os.PathLike)):
+    if _is_path(checkpoint_or_model):
         from model.checkpoint import load_for_inference
         return load_for_inference(os.fspath(checkpoint_or_model))
     return checkpoint_or_model
+
+
+def _input_contract(checkpoint_or_model, cfg, arguments):
+    """(contract, notice): the input the model was trained for, after the config ``cfg`` and the
+    ``arguments`` (data.target_mpp, data.canvas) are checked against it -- a checkpoint path's
+    (``model.checkpoint.checkpoint_input``: the notice is its line about an older checkpoint), a
+    model's ``input_contract`` (set by ``load_for_inference``), else None (a model built here:
+    the config and the arguments give the input)."""
+    from model import checkpoint
+    if _is_path(checkpoint_or_model):
+        contract, _, notice = checkpoint.checkpoint_input(os.fspath(checkpoint_or_model), cfg,
+                                                          arguments)
+        return contract, notice
+    contract = getattr(checkpoint_or_model, "input_contract", None)
+    if contract is not None:
+        name = getattr(checkpoint_or_model, "checkpoint_path", None) or "the model"
+        checkpoint.check_given(name, contract, cfg, arguments)
+    return contract, None
+
+
+def _input_settings(contract, cfg, arguments):
+    """data.target_mpp, canvas, resample, glass_to_white (as a dict without the ``data.``):
+    the contract's, else the config's with the arguments overriding it."""
+    from model.checkpoint import CONFIG_KEYS
+    if contract is not None:
+        return {key.split(".", 1)[1]: contract[key] for key in CONFIG_KEYS}
+    data = dict(cfg["data"]) if cfg is not None else {}
+    data.update({key.split(".", 1)[1]: v for key, v in arguments.items() if v is not None})
+    if "target_mpp" not in data:
+        raise PredictionError("predict: target_mpp is needed (or a config with "
+                              "data.target_mpp)")
+    if "canvas" not in data:
+        raise PredictionError("predict: canvas is needed (or a config with data.canvas)")
+    return data
 
 
 class Predictor(object):
     """A model on a strategy and a canvas, ready for ``predict(slide)`` again and again.
 
     ``checkpoint_or_model``: a checkpoint path (``best.ckpt``) or a Keras model of
-    ``model.resnet.build_model``. ``config`` (a YAML path, dict or loaded config) gives
-    ``data.target_mpp``, ``data.canvas``, ``data.resample``, ``train.tile``/``memory_gb`` and,
-    when ``strategy`` is 'auto', ``train.strategy``; explicit ``target_mpp``/``canvas``
-    override it, and without a config both are required.
+    ``model.resnet.build_model``, run in the mode the process is in (eager, or TF1's default
+    graph mode: model/runner.py). The input -- ``data.target_mpp``, ``data.canvas``,
+    ``data.resample``, ``data.glass_to_white`` -- is the checkpoint's input contract
+    (model/checkpoint.py) when it has one: a ``config`` (a YAML path, dict or loaded config) or
+    explicit ``target_mpp``/``canvas`` that contradict it are refused (CheckpointError naming
+    both values). A checkpoint without one takes its input from the config it records, else from
+    ``config`` and the arguments, and prints a one-line notice saying which; a Keras model built
+    here takes it from ``config``, explicit ``target_mpp``/``canvas`` overriding it (without a
+    config both are required). The config also gives ``train.tile``/``memory_gb`` and, when
+    ``strategy`` is 'auto', ``train.strategy``.
     """
 
     def __init__(self, checkpoint_or_model, config=None, target_mpp=None, canvas=None,
                  strategy="auto"):
         from model.strategy import NAMES
         cfg = _config(config)
-        data = cfg["data"] if cfg is not None else {}
         train = cfg["train"] if cfg is not None else {}
-        if target_mpp is None and "target_mpp" not in data:
-            raise PredictionError("predict: target_mpp is needed (or a config with "
-                                  "data.target_mpp)")
-        if canvas is None and "canvas" not in data:
-            raise PredictionError("predict: canvas is needed (or a config with data.canvas)")
-        self.target_mpp = _number("target_mpp", data["target_mpp"] if target_mpp is None
-                                  else target_mpp)
-        canvas = data["canvas"] if canvas is None else canvas
+        arguments = {"data.target_mpp": target_mpp, "data.canvas": canvas}
+        contract, notice = _input_contract(checkpoint_or_model, cfg, arguments)
+        data = _input_settings(contract, cfg, arguments)
+        self.target_mpp = _number("target_mpp", data["target_mpp"])
+        canvas = data["canvas"]
         if not (isinstance(canvas, (int, np.integer)) and canvas >= 32):
             raise PredictionError("canvas must be an integer of at least 32 px, got {!r}".format(
                 canvas))
         self.canvas = int(canvas)
-        self.resample = data.get("resample", "area")
+        self.resample = data.get("resample") or "area"
         # prepare --glass-to-white (not the paper's): a slide read here gets the same rewrite
         # as the cached images the model was trained on.
         from data.glass import check_threshold
@@ -114,17 +159,19 @@ class Predictor(object):
             raise PredictionError("strategy must be one of {}, not {!r}".format(
                 ", ".join(NAMES), strategy))
 
-        import tensorflow as tf
-        if not tf.executing_eagerly():
-            tf.compat.v1.enable_v2_behavior()
         from data.mpi import rank
         from model.strategy import check_memory, make_strategy
+
+        def say(line):
+            if rank() == 0:
+                print(line, file=sys.stderr, flush=True)
         check_memory(strategy, self.canvas, training=False)   # before the checkpoint is read
         self.model = _load_model(checkpoint_or_model)
+        if notice:   # once the checkpoint has loaded: a damaged file is its one error line
+            say("note: " + notice)
         self.strategy = make_strategy(
             strategy, self.model, tile=train.get("tile"), memory_gb=train.get("memory_gb"),
-            canvas=self.canvas, training=False, mpp=self.target_mpp,
-            log=lambda line: print(line, file=sys.stderr, flush=True) if rank() == 0 else None)
+            canvas=self.canvas, training=False, mpp=self.target_mpp, log=say)
 
     def prepare(self, slide, level0_mpp=None):
         """(image at target_mpp, level-0 mpp) of a slide path or an (array, mpp) pair."""
@@ -176,12 +223,15 @@ def predict_slide(checkpoint_or_model, slide, *, config=None, target_mpp=None, c
                   strategy="auto", cam=False, level0_mpp=None, origin_xy=(0.0, 0.0)):
     """Probability and logit of one slide (and with ``cam=True`` its CAM and geometry).
 
-    ``checkpoint_or_model``: a checkpoint path (``best.ckpt`` of ``fit``) or a Keras model.
+    ``checkpoint_or_model``: a checkpoint path (``best.ckpt`` of ``fit``) or a Keras model,
+    built eagerly or in TF1's default graph mode (it runs in the mode it was built in).
     ``slide``: a slide file's path (read with ``data.read_slide`` at ``target_mpp``), or an
     already-read ``(uint8 (H, W, 3) image, mpp)`` pair (rescaled to ``target_mpp`` with the
-    area filter when its mpp differs). ``config``: a YAML path or dict giving ``target_mpp``,
-    ``canvas`` and the strategy's settings (see ``Predictor``). The image is put on the canvas
-    here (centre-padded with white), as in training. Returns a ``Prediction``.
+    area filter when its mpp differs). A checkpoint brings its own ``target_mpp``, ``canvas``
+    and filter (its input contract); a ``config`` (a YAML path or dict) then only gives the
+    strategy's settings, and it, ``target_mpp`` or ``canvas`` must not contradict the
+    checkpoint. A Keras model built here needs them given (see ``Predictor``). The image is put
+    on the canvas here (centre-padded with white), as in training. Returns a ``Prediction``.
     For many slides, build one ``Predictor`` and call its ``predict``: this builds it anew.
     """
     predictor = Predictor(checkpoint_or_model, config=config, target_mpp=target_mpp,
@@ -206,90 +256,10 @@ def to_canvas(image, canvas):
     return place(image, canvas)
 
 
-# --------------------------------------------------------------------------- a manifest's rows
-
-SUBGROUP_COLUMNS = ("level", "size_category", "subtype", "chemo")
-
-
-def select_rows(manifest, split):
-    """Rows of ``split`` ('all' = every row), in manifest order; PredictionError when none."""
-    rows = manifest if split == "all" else manifest[manifest["split"].astype(str) == split]
-    if len(rows) == 0:
-        raise PredictionError("manifest has no rows with split == {!r}".format(split))
-    return rows.reset_index(drop=True)
-
-
-def _value(row, column, default=None):
-    if column not in row.index:
-        return default
-    v = row[column]
-    try:
-        if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == "":
-            return default
-    except TypeError:
-        pass
-    return v
-
-
-def node_origin(row, base_dir):
-    """Level-0 (x, y) of the node crop's bounding box (data.nodes); (0, 0) for whole slides."""
-    from data.manifest import resolve
-    ann = _value(row, "annotation")
-    if _value(row, "level", "slide") != "node" or ann is None:
-        return (0.0, 0.0)
-    from data.nodes import bounding_box, load_polygons
-    x0, y0, _, _ = bounding_box(load_polygons(resolve(base_dir, str(ann))))
-    return (float(x0), float(y0))
-
-
-def tumour_polygons(row, base_dir):
-    """(tumour, within) of a row for the CAM's outlines and localisation: the polygons of its
-    ``foci`` GeoJSON (tumour annotations in level-0 pixels; None when the column is absent or
-    blank) and, for a node row, its ``annotation`` outline (the node; else None)."""
-    from data.manifest import resolve
-    from data.nodes import load_polygons
-    foci = _value(row, "foci")
-    if foci is None:
-        return None, None
-    tumour = load_polygons(resolve(base_dir, str(foci)))
-    ann = _value(row, "annotation")
-    within = None
-    if _value(row, "level", "slide") == "node" and ann is not None:
-        within = load_polygons(resolve(base_dir, str(ann)))
-    return tumour, within
-
+# ------------------------------------------- a manifest's rows (their readers: data/rows.py)
 
 LOCALISATION_COLUMNS = ("slide_id", "level", "label", "threshold", "tumour_area", "cam_area",
                         "overlap_area", "tumour_covered", "cam_in_tumour")
-
-
-def read_prepared(row, base_dir, target_mpp, resample="area"):
-    """Prepared image of a row read from its slide (no cache): the whole slide, or the node's
-    bounding box with everything outside its polygon white (data.nodes.crop_node)."""
-    from data import read_slide
-    from data.manifest import resolve
-    from data.nodes import crop_node
-    mpp = _value(row, "mpp")
-    mpp = None if mpp is None else float(mpp)
-    path = resolve(base_dir, str(row["path"]))
-    ann = _value(row, "annotation")
-    if _value(row, "level", "slide") == "node" and ann is not None:
-        return crop_node(path, resolve(base_dir, str(ann)), target_mpp, mpp=mpp,
-                         resample=resample)
-    return read_slide(path, target_mpp, mpp=mpp, resample=resample)
-
-
-def level0_mpp_of(row, base_dir, index_row=None):
-    """µm per level-0 pixel of the row's slide: the cache's record of it, else the manifest
-    override, else the slide file's."""
-    from data.manifest import resolve
-    if index_row is not None and _value(index_row, "slide_mpp") is not None:
-        return float(index_row["slide_mpp"])
-    mpp = _value(row, "mpp")
-    if mpp is not None:
-        return float(mpp)
-    from data.slide import slide_info
-    return float(slide_info(resolve(base_dir, str(row["path"])))["mpp_x"])
 
 
 def cohort_inputs(manifest, config, split="test", cache=None):
@@ -298,6 +268,7 @@ def cohort_inputs(manifest, config, split="test", cache=None):
     the cache -- ``cache`` or, when None, the config's data.cache if it holds an index.csv; None
     means reading the slides -- made at the config's target mpp and filter, holding every row."""
     from data import manifest as manifest_mod
+    from data.rows import select_rows
     from model.config import load_config
 
     if not os.path.isfile(manifest):
@@ -310,8 +281,9 @@ def cohort_inputs(manifest, config, split="test", cache=None):
                                                              "; ".join(problems)))
     rows = select_rows(df, split)
     cache_dir = cache
-    if cache_dir is None and os.path.isfile(os.path.join(cfg["data"]["cache"], "index.csv")):
-        cache_dir = cfg["data"]["cache"]
+    configured = cfg["data"]["cache"]
+    if cache_dir is None and configured and os.path.isfile(os.path.join(configured, "index.csv")):
+        cache_dir = configured
     index = None
     if cache_dir is not None:
         from data import cache as cache_mod
@@ -331,6 +303,18 @@ def cohort_inputs(manifest, config, split="test", cache=None):
     return cfg, rows, cache_dir, index
 
 
+def cohort_config(checkpoint, manifest, config=None, out=None):
+    """The config to predict ``manifest`` with, before any slide is opened: ``config``, refused
+    when its input contradicts the checkpoint's; else, for a checkpoint with an input contract,
+    that contract (``model.checkpoint.contract_config``, ``out`` its run folder); else the config
+    an older checkpoint records."""
+    from model.checkpoint import checkpoint_input, contract_config
+    if not os.path.isfile(manifest):   # before the config, which takes it as data.manifest
+        raise PredictionError("{}: manifest not found".format(manifest))
+    contract, cfg, _ = checkpoint_input(checkpoint, config, overrides={"data.manifest": manifest})
+    return cfg if cfg is not None else contract_config(contract, out)
+
+
 def predict_cohort(checkpoint_or_model, manifest, config, split="test", cache=None,
                    strategy="auto", cam_dir=None, cam_threshold=0.5, cam_downsample=1,
                    cam_tiff=False, limit_cams=None, progress=True):
@@ -347,61 +331,99 @@ def predict_cohort(checkpoint_or_model, manifest, config, split="test", cache=No
     """
     import pandas as pd
     from tqdm import tqdm
+    from data.rows import SUBGROUP_COLUMNS, level0_mpp_of, node_origin
 
-    if cam_downsample < 1:
-        raise PredictionError("cam downsample must be >= 1, got {}".format(cam_downsample))
-    if not 0.0 < cam_threshold < 1.0:
-        raise PredictionError("cam threshold must be in (0, 1), got {}".format(cam_threshold))
-    if isinstance(checkpoint_or_model, (str, os.PathLike)) and \
-            not os.path.isfile(checkpoint_or_model):   # before the manifest's slides are opened
-        from model.checkpoint import CheckpointError
-        raise CheckpointError("{}: checkpoint not found".format(checkpoint_or_model))
+    _check_cohort_arguments(checkpoint_or_model, cam_threshold, cam_downsample)
     cfg, rows, cache_dir, index = cohort_inputs(manifest, config, split, cache)
     base_dir = os.path.dirname(os.path.abspath(manifest))
     predictor = Predictor(checkpoint_or_model, config=cfg, strategy=strategy)
-
-    from data import cache as cache_mod
-    from model import cam as cam_mod
+    cam = dict(threshold=cam_threshold, downsample=cam_downsample, tiff=cam_tiff)
     records, cams, found = [], [], []
     columns = ["slide_id", "probability", "label", "level"] + [
         c for c in SUBGROUP_COLUMNS[1:] if c in rows.columns]
     for k, row in tqdm(list(rows.iterrows()), desc="predict", unit="slide",
                        disable=not progress):
-        sid = str(row["slide_id"])
-        index_row = None if index is None else index.loc[sid]
-        try:
-            if index_row is not None:
-                image = cache_mod.read_cached(cache_dir, index_row)
-            else:
-                image = read_prepared(row, base_dir, predictor.target_mpp, predictor.resample)
-        except InputError as e:   # SlideError, CacheError, AnnotationError
-            raise PredictionError("{}: {}".format(sid, e))
+        index_row = None if index is None else index.loc[str(row["slide_id"])]
+        image = _row_image(row, base_dir, cache_dir, index_row, predictor)
         want_cam = cam_dir is not None and (limit_cams is None or k < limit_cams)
         result = predictor.predict((image, predictor.target_mpp), cam=want_cam,
                                    level0_mpp=level0_mpp_of(row, base_dir, index_row),
                                    origin_xy=node_origin(row, base_dir))
-        record = {"slide_id": sid, "probability": result.probability,
-                  "label": int(row["label"]), "level": _value(row, "level", "slide")}
-        for c in columns[4:]:
-            record[c] = _value(row, c, "")
-        records.append(record)
+        records.append(_prediction_record(row, result.probability, columns))
         if want_cam:
-            try:
-                tumour, within = tumour_polygons(row, base_dir)
-            except InputError as e:   # AnnotationError
-                raise PredictionError("{}: {}".format(sid, e))
-            paths = cam_mod.export_prediction(
-                result, cam_dir, sid, threshold=cam_threshold, downsample=cam_downsample,
-                tiff=cam_tiff, label=row["label"], tumour=tumour, within=within)
+            paths, line = _export_cam(result, row, records[-1], base_dir, cam_dir, cam)
             cams.append(paths)
-            if paths["localisation"] is not None:
-                found.append(dict(paths["localisation"], slide_id=sid, level=record["level"],
-                                  label=record["label"]))
+            if line is not None:
+                found.append(line)
     if cam_dir is not None:
-        table = os.path.join(cam_dir, "localisation.csv")
-        if found:
-            from data.files import atomic_write_csv
-            atomic_write_csv(pd.DataFrame(found, columns=list(LOCALISATION_COLUMNS)), table)
-        elif os.path.isfile(table):   # an earlier run's figures would pass for this one's
-            os.remove(table)
+        _write_localisation(cam_dir, found)
     return pd.DataFrame(records, columns=columns), cams
+
+
+def _check_cohort_arguments(checkpoint_or_model, cam_threshold, cam_downsample):
+    """One-line errors for the CAM options and a missing checkpoint file, before the manifest's
+    slides are opened."""
+    if cam_downsample < 1:
+        raise PredictionError("cam downsample must be >= 1, got {}".format(cam_downsample))
+    if not 0.0 < cam_threshold < 1.0:
+        raise PredictionError("cam threshold must be in (0, 1), got {}".format(cam_threshold))
+    if isinstance(checkpoint_or_model, (str, os.PathLike)) and \
+            not os.path.isfile(checkpoint_or_model):
+        from model.checkpoint import CheckpointError
+        raise CheckpointError("{}: checkpoint not found".format(checkpoint_or_model))
+
+
+def _row_image(row, base_dir, cache_dir, index_row, predictor):
+    """A row's prepared image: the cache's when there is one (``index_row``), else read from its
+    slide at the predictor's mpp and filter. Errors name the row's slide_id."""
+    from data.cache import read_cached
+    from data.rows import read_prepared
+    try:
+        if index_row is not None:
+            return read_cached(cache_dir, index_row)
+        return read_prepared(row, base_dir, predictor.target_mpp, predictor.resample)
+    except InputError as e:   # SlideError, CacheError, AnnotationError
+        raise PredictionError("{}: {}".format(str(row["slide_id"]), e))
+
+
+def _prediction_record(row, probability, columns):
+    """A row's line of the predictions table: ``columns`` from slide_id, the probability, the
+    label and the level to the manifest's subgroup cells (blank: '')."""
+    from data.rows import cell
+    record = {"slide_id": str(row["slide_id"]), "probability": probability,
+              "label": int(row["label"]), "level": cell(row, "level", "slide")}
+    for c in columns[4:]:
+        record[c] = cell(row, c, "")
+    return record
+
+
+def _export_cam(result, row, record, base_dir, cam_dir, cam):
+    """Writes a row's CAM into ``cam_dir`` (with the outlines of its ``foci`` when it has them;
+    ``cam``: threshold, downsample, tiff). Returns (the export's {kind: path}, the row's line of
+    localisation.csv or None)."""
+    from data.rows import tumour_polygons
+    from model.cam import export_prediction
+    sid = record["slide_id"]
+    try:
+        tumour, within = tumour_polygons(row, base_dir)
+    except InputError as e:   # AnnotationError
+        raise PredictionError("{}: {}".format(sid, e))
+    paths = export_prediction(result, cam_dir, sid, threshold=cam["threshold"],
+                              downsample=cam["downsample"], tiff=cam["tiff"], label=row["label"],
+                              tumour=tumour, within=within)
+    if paths["localisation"] is None:
+        return paths, None
+    return paths, dict(paths["localisation"], slide_id=sid, level=record["level"],
+                       label=record["label"])
+
+
+def _write_localisation(cam_dir, found):
+    """``cam_dir``/localisation.csv of the annotated rows; none at all when no row has
+    annotations (an earlier run's figures would pass for this one's)."""
+    import pandas as pd
+    table = os.path.join(cam_dir, "localisation.csv")
+    if found:
+        from data.files import atomic_write_csv
+        atomic_write_csv(pd.DataFrame(found, columns=list(LOCALISATION_COLUMNS)), table)
+    elif os.path.isfile(table):
+        os.remove(table)

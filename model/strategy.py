@@ -9,14 +9,22 @@
                not fit this host's RAM (``check_memory``)
     auto       streaming, on a CPU and on a GPU alike
 
-Memory model. A step on a window of P input pixels takes about ``BASE_BYTES + bytes/px * P``.
-The per-pixel figures are the code's only memory constants: the streaming tile is chosen from
-them (``choose_tile``) and a whole-image step (direct, unified) is checked against them.
+Memory model. ``step_bytes`` is the one formula for the bytes of a step: ``BASE_BYTES`` plus a
+per-pixel figure times the input pixels that one pass computes at once (a window, or the whole
+image), plus, for a network streamed in ``Level``s, the maps the levels keep. The streaming tile
+is chosen from it (``tile_for_memory``, ``choose_tile``) and a whole-image step (direct, unified)
+is checked against it (``check_memory``).
+
+Layers: this module needs no TensorFlow and imports neither strategy's module at its top; it
+builds a strategy only in ``make_strategy``, and the strategies never import it (a streaming
+strategy is given its tile).
 """
 import collections
-import os
+import math
 
+from data import mpi
 from data.errors import InputError
+from model.resnet import MARGIN, OUTPUT_STRIDE
 
 NAMES = ("direct", "streaming", "unified", "auto")
 
@@ -27,6 +35,8 @@ NAMES = ("direct", "streaming", "unified", "auto")
 TRAIN_BYTES_PER_PIXEL = 1700
 PREDICT_BYTES_PER_PIXEL = 600
 BASE_BYTES = 1.5e9
+# A kept map holds float32 values.
+MAP_BYTES_PER_VALUE = 4
 # Shares of memory a step may plan for, the rest left as headroom:
 # - GPU: the CUDA context, cuDNN workspaces and the allocator's fragmentation take the rest;
 # - host RAM (a CPU run): this rank's share of the node, of which the data pipeline (a prepared
@@ -49,31 +59,57 @@ def resolve(name):
 
 
 def bytes_per_pixel(training=True):
+    """Bytes per input pixel of one pass of the whole network: a training step (forward and
+    backward) or a prediction (forward)."""
     return TRAIN_BYTES_PER_PIXEL if training else PREDICT_BYTES_PER_PIXEL
+
+
+class Level(collections.namedtuple("Level", "stride channels margin_px")):
+    """One level of a network streamed in levels, in network order: the layers from the previous
+    level's output map (the image, for the first level) to an output map of one cell per
+    ``stride`` input px along each axis and ``channels`` values per cell, computed in windows
+    that carry ``margin_px`` input px of margin on every side that is not an image edge (the
+    level's own receptive-field radius, rounded up to its input's stride).
+
+    Today's streaming is one level: ``Level(OUTPUT_STRIDE, FEATURES, MARGIN)`` (32, 2048, 256)."""
+    __slots__ = ()
+
+    def map_bytes(self, pixels, margin_px=0, training=True):
+        """Bytes of this level's output map kept over a region of ``pixels`` input px grown by
+        ``margin_px`` on every side (taken as a square of that area), float32, and with its
+        gradient when ``training``."""
+        side = math.sqrt(pixels) + 2 * margin_px
+        cells = math.ceil(side / self.stride) ** 2
+        return MAP_BYTES_PER_VALUE * self.channels * cells * (2 if training else 1)
+
+
+def step_bytes(pixels, training=True, levels=None, region_px=None):
+    """The bytes of one step, the package's one memory model.
+
+    ``pixels``: input px that one pass computes at once, margins included: one window of
+    streaming, the whole image of direct and unified. ``training``: a training step (forward and
+    backward), else a prediction. Without ``levels`` (the network as one level):
+
+        BASE_BYTES + bytes_per_pixel(training) * pixels.
+
+    ``levels``: a sequence of ``Level``s, for a design that streams the network level by level
+    and keeps each level's output map for the next. Each level but the last keeps its map over
+    ``region_px`` input px (the active region; default ``pixels``, as when it is computed whole)
+    grown by the next level's margin, with its gradient when training (``Level.map_bytes``);
+    those bytes are added. ``pixels`` is then the largest window of any level, charged at the
+    whole network's per-pixel figure: an upper bound, since a level runs a part of the network.
+    One level keeps no map and gives the formula above.
+    """
+    need = BASE_BYTES + bytes_per_pixel(training) * pixels
+    if levels:
+        region = pixels if region_px is None else region_px
+        for level, following in zip(levels[:-1], levels[1:]):
+            need += level.map_bytes(region, following.margin_px, training)
+    return need
 
 
 def _gb(n_bytes):
     return "{:.1f} GB".format(n_bytes / 1e9)
-
-
-def _int_env(names):
-    for name in names:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return None
-
-
-def local_rank():
-    """This rank's index among the ranks of its node, from the MPI launcher (0 without one)."""
-    found = _int_env(("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"))
-    return 0 if found is None else found
-
-
-def local_size():
-    """The number of ranks on this node, from the MPI launcher (1 without one)."""
-    found = _int_env(("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"))
-    return max(1, found or 1)
 
 
 def check_memory(name, canvas, training=True, host_ram=None, ranks=None, where=None):
@@ -87,9 +123,8 @@ def check_memory(name, canvas, training=True, host_ram=None, ranks=None, where=N
         return
     from model import gpu
     host_ram = gpu.host_ram_bytes() if host_ram is None else host_ram
-    ranks = local_size() if ranks is None else max(1, int(ranks))
-    per_pixel = bytes_per_pixel(training)
-    need = BASE_BYTES + per_pixel * float(canvas) ** 2
+    ranks = mpi.local_size() if ranks is None else max(1, int(ranks))
+    need = step_bytes(float(canvas) ** 2, training)
     room = host_ram / float(ranks)
     if need <= room:
         return
@@ -98,8 +133,21 @@ def check_memory(name, canvas, training=True, host_ram=None, ranks=None, where=N
         "({:,} B/px x {:,}^2 px), more than this host's RAM {}{}; use strategy streaming (or "
         "auto), which is exact and bounded by one tile".format(
             "{}: ".format(where) if where else "", name, "training" if training else "prediction",
-            int(canvas), _gb(need), per_pixel, int(canvas), _gb(host_ram),
+            int(canvas), _gb(need), bytes_per_pixel(training), int(canvas), _gb(host_ram),
             "" if ranks == 1 else " / {} ranks = {}".format(ranks, _gb(room))))
+
+
+def tile_for_memory(memory_gb, margin=MARGIN, training=True):
+    """The largest interior tile (px, multiple of 32) whose square window's step (training, or
+    prediction) fits ``memory_gb`` (``step_bytes``, solved for the window)."""
+    room = float(memory_gb) * 1e9 - step_bytes(0, training)
+    window = math.sqrt(max(room, 0.0) / bytes_per_pixel(training))
+    tile = int((window - 2 * margin) // OUTPUT_STRIDE) * OUTPUT_STRIDE
+    if tile < OUTPUT_STRIDE:
+        raise ValueError("memory_gb={} leaves no room for a tile with a {} px margin (needs about "
+                         "{:.1f} GB)".format(memory_gb, margin, step_bytes(
+                             (2 * margin + OUTPUT_STRIDE) ** 2, training) / 1e9))
+    return tile
 
 
 class TileChoice(collections.namedtuple("TileChoice", "tile margin source uncapped canvas")):
@@ -116,12 +164,37 @@ class TileChoice(collections.namedtuple("TileChoice", "tile margin source uncapp
             self.tile, at, self.tile + 2 * self.margin, cap, self.source)
 
 
+def _machine_budget(rank_on_node, ranks_on_node):
+    """(bytes a step may use, the text saying where that came from): GPU ``rank_on_node``'s
+    memory x ``GPU_SHARE`` on a GPU, else host RAM / ``ranks_on_node`` x ``HOST_SHARE``."""
+    from model import gpu
+    rank = mpi.local_rank() if rank_on_node is None else int(rank_on_node)
+    device_bytes = gpu.gpu_ram_bytes(rank) if gpu.gpu_available() else None
+    if device_bytes:
+        budget = device_bytes * GPU_SHARE
+        return budget, "{} = GPU {} memory {} (nvidia-smi) x {:g}".format(
+            _gb(budget), rank, _gb(device_bytes), GPU_SHARE)
+    ranks = mpi.local_size() if ranks_on_node is None else max(1, int(ranks_on_node))
+    host = gpu.host_ram_bytes()
+    budget = host / float(ranks) * HOST_SHARE
+    return budget, "{} = host RAM {} / {} rank{} x {:g}".format(
+        _gb(budget), _gb(host), ranks, "" if ranks == 1 else "s", HOST_SHARE)
+
+
+def _cap_for_canvas(tile, canvas, margin):
+    """(tile, uncapped): the tile capped at the smallest that gives an axis of ``canvas`` px one
+    window, and the tile before the cap (None when not capped)."""
+    # one window covers an axis of L px once its interior reaches L - 2 margin
+    enough = max(OUTPUT_STRIDE, -(-(int(canvas) - 2 * margin) // OUTPUT_STRIDE) * OUTPUT_STRIDE)
+    return (enough, tile) if tile > enough else (tile, None)
+
+
 def choose_tile(tile=None, memory_gb=None, canvas=None, training=True, margin=None,
                 rank_on_node=None, ranks_on_node=None, names=("train.tile", "train.memory_gb")):
     """The streaming tile, from the first of:
 
     1. ``tile`` (px), when the user set it;
-    2. ``memory_gb``: the largest tile whose step fits it (``model.streaming.tile_for_memory``);
+    2. ``memory_gb``: the largest tile whose step fits it (``tile_for_memory``);
     3. on a GPU (``model.gpu.gpu_available``): GPU ``rank_on_node``'s memory.total from
        nvidia-smi x ``GPU_SHARE``;
     4. on a CPU: host RAM (psutil) / ``ranks_on_node`` x ``HOST_SHARE``.
@@ -130,11 +203,9 @@ def choose_tile(tile=None, memory_gb=None, canvas=None, training=True, margin=No
     file): one would silently lose. ``canvas``: px of the (square) image; the tile is capped at
     the smallest that gives that canvas one window. ``training``: a training step's memory per
     pixel, else prediction's. ``rank_on_node``/``ranks_on_node``: default from the MPI launcher's
-    environment (``local_rank``, ``local_size``). ``names``: what the source text calls the two
-    settings. Returns a ``TileChoice``; raises ValueError when a setting is impossible.
+    environment (``data.mpi.local_rank``, ``local_size``). ``names``: what the source text calls
+    the two settings. Returns a ``TileChoice``; raises ValueError when a setting is impossible.
     """
-    from model import gpu
-    from model.streaming import MARGIN, OUTPUT_STRIDE, tile_for_memory
     margin = MARGIN if margin is None else int(margin)
     if tile is not None and memory_gb is not None:
         raise ValueError("{} and {}: set one, not both".format(*names))
@@ -148,28 +219,14 @@ def choose_tile(tile=None, memory_gb=None, canvas=None, training=True, margin=No
         tile = tile_for_memory(memory_gb, margin, training)
         source = "{} = {:g} GB".format(names[1], memory_gb)
     else:
-        rank = local_rank() if rank_on_node is None else int(rank_on_node)
-        device_bytes = gpu.gpu_ram_bytes(rank) if gpu.gpu_available() else None
-        if device_bytes:
-            budget = device_bytes * GPU_SHARE
-            source = "{} = GPU {} memory {} (nvidia-smi) x {:g}".format(
-                _gb(budget), rank, _gb(device_bytes), GPU_SHARE)
-        else:
-            ranks = local_size() if ranks_on_node is None else max(1, int(ranks_on_node))
-            host = gpu.host_ram_bytes()
-            budget = host / float(ranks) * HOST_SHARE
-            source = "{} = host RAM {} / {} rank{} x {:g}".format(
-                _gb(budget), _gb(host), ranks, "" if ranks == 1 else "s", HOST_SHARE)
+        budget, source = _machine_budget(rank_on_node, ranks_on_node)
         try:
             tile = tile_for_memory(budget / 1e9, margin, training)
         except ValueError as e:
             raise ValueError("{}: {}; set {} or {}".format(source, e, *names))
     uncapped = None
     if canvas is not None:
-        # one window covers an axis of L px once its interior reaches L - 2 margin
-        enough = max(OUTPUT_STRIDE, -(-(int(canvas) - 2 * margin) // OUTPUT_STRIDE) * OUTPUT_STRIDE)
-        if tile > enough:
-            tile, uncapped = enough, tile
+        tile, uncapped = _cap_for_canvas(tile, canvas, margin)
     return TileChoice(tile, margin, source, uncapped, None if canvas is None else int(canvas))
 
 
@@ -183,14 +240,14 @@ def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=
     tile settings (so one config can name any strategy) and, with ``canvas``, are checked
     against host RAM (``check_memory``). ``options``: more
     ``model.streaming.Streaming`` keyword arguments (``margin``, ``progress``, ...).
+    The strategy modules load TensorFlow, so they are imported here, when one is chosen.
     """
     concrete = resolve(name)
     if concrete == "streaming":
-        import importlib   # lazily: only needed when chosen, and it loads TensorFlow
-        streaming = importlib.import_module("model.streaming")
+        from model.streaming import Streaming
         choice = choose_tile(tile, memory_gb, canvas, training, options.get("margin"),
                              rank_on_node, ranks_on_node)
-        strategy = streaming.Streaming(model, tile=choice.tile, **options)
+        strategy = Streaming(model, tile=choice.tile, **options)
         strategy.tile_choice = choice
         if log is not None:
             log(choice.line(mpp))

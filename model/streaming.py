@@ -9,7 +9,8 @@ keras_applications (TF 1.15) the only spatial operations are
     1x1/2 strided convs (first conv and shortcut of stages 3-5), 3x3/1 'same' convs,
 
 so the output cell j (per axis, stride ``OUTPUT_STRIDE`` = 32) is centred on input pixel 32 j
-and sees pixels [32 j - 241, 32 j + 241] (receptive field 483 px), and an image of L pixels
+and sees pixels [32 j - 241, 32 j + 241] (receptive field 483 px; ``model.resnet.LAYERS`` has
+every layer's kernel, stride and field, and the constants used here), and an image of L pixels
 gives ceil(L / 32) output cells. A window of the image whose origin is a multiple of 32 therefore
 computes output cells on the same grid as the whole image, and every cell whose receptive field
 lies inside the window -- or is cut only by a window edge that is also an image edge, where the
@@ -48,20 +49,14 @@ the host, and the canvas never exists whole.
 Window and tile sizes are in pixels of the model's input (the cache's target mpp).
 """
 import collections
-import math
 
 import numpy as np
 import tensorflow as tf
 
 from data.canvas import as_canvas
 from model.loss import bce, sigmoid
-from model.resnet import FEATURES, OUTPUT_STRIDE, cam_logits
-from model.strategy import BASE_BYTES, bytes_per_pixel, choose_tile
-
-RECEPTIVE_FIELD = 483                       # px, ResNet-50 (keras_applications, see above)
-_RADIUS = (RECEPTIVE_FIELD - 1) // 2        # 241 px on either side of the cell centre
-MARGIN = -(-_RADIUS // OUTPUT_STRIDE) * OUTPUT_STRIDE   # 256 px: smallest exact margin
-# The memory model (bytes per input pixel of a step) is model.strategy's, which also picks the tile.
+from model.runner import numpy_function
+from model.resnet import FEATURES, MARGIN, OUTPUT_STRIDE, RADIUS, cam_logits
 
 
 def output_cells(pixels):
@@ -171,20 +166,6 @@ def _area(row, col):
     return (row.window_stop - row.window_start) * (col.window_stop - col.window_start)
 
 
-def tile_for_memory(memory_gb, margin=MARGIN, training=True):
-    """The largest interior tile (px, multiple of 32) whose square window's step (training, or
-    prediction) fits ``memory_gb`` (model.strategy's memory model)."""
-    per_pixel = bytes_per_pixel(training)
-    room = float(memory_gb) * 1e9 - BASE_BYTES
-    window = math.sqrt(max(room, 0.0) / per_pixel)
-    tile = int((window - 2 * margin) // OUTPUT_STRIDE) * OUTPUT_STRIDE
-    if tile < OUTPUT_STRIDE:
-        raise ValueError("memory_gb={} leaves no room for a tile with a {} px margin (needs about "
-                         "{:.1f} GB)".format(memory_gb, margin, (BASE_BYTES + per_pixel * (
-                             2 * margin + OUTPUT_STRIDE) ** 2) / 1e9))
-    return tile
-
-
 # ------------------------------------------------------------------------- uniform cells
 
 def _signature(length, cell):
@@ -192,8 +173,8 @@ def _signature(length, cell):
     (cell index if cut at the start, distance of its centre to the last pixel if cut at the end).
     """
     centre = OUTPUT_STRIDE * cell
-    return (cell if centre - _RADIUS < 0 else None,
-            length - 1 - centre if centre + _RADIUS > length - 1 else None)
+    return (cell if centre - RADIUS < 0 else None,
+            length - 1 - centre if centre + RADIUS > length - 1 else None)
 
 
 def proxy_axis(length):
@@ -224,8 +205,8 @@ def content_cells(box, height, width):
         return None
 
     def axis(a, b, length):
-        start = max(0, -(-(a - _RADIUS) // OUTPUT_STRIDE))
-        stop = min(output_cells(length), (b - 1 + _RADIUS) // OUTPUT_STRIDE + 1)
+        start = max(0, -(-(a - RADIUS) // OUTPUT_STRIDE))
+        stop = min(output_cells(length), (b - 1 + RADIUS) // OUTPUT_STRIDE + 1)
         return start, stop
     return axis(top, bottom, height), axis(left, right, width)
 
@@ -285,30 +266,27 @@ class Streaming(object):
     """Exact tile-wise strategy for one slide at a time (the contract of docs/architecture.md).
 
     ``tile``: interior side of a middle tile in px (multiple of 32); windows hold at most
-    ``(tile + 2 margin)^2`` px, in any shape (``plan_windows``); or ``memory_gb``: the tile is
-    chosen so that a training step fits that budget (``tile_for_memory``); neither: from this
-    machine's memory (``model.strategy.choose_tile``, the one place a default tile comes from;
-    ``model.strategy.make_strategy`` passes its choice in). ``margin``: px added around each
-    interior; below ``MARGIN`` (256) the result is not exact, which only ``allow_inexact=True``
-    permits (the selfcheck uses it to show that it notices). ``skip_uniform``: compute fill-only
-    cells once from a proxy (``plan``); False tiles every cell. ``progress``: a tqdm bar over the
-    windows of each call.
+    ``(tile + 2 margin)^2`` px, in any shape (``plan_windows``). The tile is given:
+    ``model.strategy.choose_tile`` is the one place a tile comes from (a user's setting, a memory
+    budget or this machine's memory), and ``model.strategy.make_strategy`` passes its choice in.
+    ``margin``: px added around each interior; below ``MARGIN`` (256) the result is not exact,
+    which only ``allow_inexact=True`` permits (the selfcheck uses it to show that it notices).
+    ``skip_uniform``: compute fill-only cells once from a proxy (``plan``); False tiles every
+    cell. ``progress``: a tqdm bar over the windows of each call.
 
     ``predict`` and ``gradients`` take a ``data.canvas.Canvas`` (or the pipeline's dict of it);
     a dense uint8 image is read as ``Canvas.from_dense``. ``last_plan`` is the last call's Plan.
     """
 
-    def __init__(self, model, tile=None, memory_gb=None, margin=MARGIN, allow_inexact=False,
-                 skip_uniform=True, progress=False):
+    def __init__(self, model, tile, margin=MARGIN, allow_inexact=False, skip_uniform=True,
+                 progress=False):
         margin = int(margin)
         if margin % OUTPUT_STRIDE or margin < 0:
             raise ValueError("margin must be a multiple of {} px, got {}".format(OUTPUT_STRIDE,
                                                                                  margin))
         if margin < MARGIN and not allow_inexact:
             raise ValueError("margin {} px < {} px (receptive-field radius {} px): tiles would not "
-                             "be exact".format(margin, MARGIN, _RADIUS))
-        if tile is None:
-            tile = choose_tile(memory_gb=memory_gb, margin=margin).tile
+                             "be exact".format(margin, MARGIN, RADIUS))
         tile = int(tile)
         if tile < OUTPUT_STRIDE or tile % OUTPUT_STRIDE:
             raise ValueError("tile must be a positive multiple of {} px, got {}"
@@ -332,8 +310,8 @@ class Streaming(object):
         window_spec = tf.TensorSpec([None, None, 3], tf.uint8)
         weights_spec = tf.TensorSpec([None, None], tf.float32)   # one weight per window cell
         # One trace each: the None dims serve every window shape (edge windows, the proxy).
-        self._forward_window = tf.function(self._forward_window_fn,
-                                           input_signature=[window_spec, weights_spec])
+        self._forward_window = numpy_function(self._forward_window_fn,
+                                              [window_spec, weights_spec])
         self._train_window = tf.function(self._train_window_fn,
                                          input_signature=[window_spec, weights_spec])
 
@@ -372,16 +350,17 @@ class Streaming(object):
                                 output_cells(c.window_stop - c.window_start)), np.float32)
             top, left = r.window_start // OUTPUT_STRIDE, c.window_start // OUTPUT_STRIDE
             weights[r.cell_start - top:r.cell_stop - top, c.cell_start - left:c.cell_stop - left] = 1
-            yield r, c, tf.constant(window), tf.constant(weights)
+            yield r, c, window, weights
         proxy = plan_.proxy
         if proxy is not None and proxy.counts.any():
             window = np.empty((proxy.height, proxy.width, 3), np.uint8)
             window[...] = canvas.fill
-            yield None, None, tf.constant(window), tf.constant(proxy.counts.astype(np.float32))
+            yield None, None, window, proxy.counts.astype(np.float32)
 
     def _head(self):
-        kernel = self.model.head.kernel.numpy()[:, 0].astype(np.float64)
-        return kernel, float(self.model.head.bias.numpy()[0])
+        kernel, bias = tf.keras.backend.batch_get_value([self.model.head.kernel,
+                                                         self.model.head.bias])
+        return kernel[:, 0].astype(np.float64), float(bias[0])
 
     # -- the strategy contract -------------------------------------------------------------------
     def predict(self, image, cam=False):
@@ -393,19 +372,19 @@ class Streaming(object):
         total = np.zeros(FEATURES, np.float64)
         for r, c, window, weights in self._windows(canvas, plan_):
             feature_sum, cam_window = self._forward_window(window, weights)
-            total += feature_sum.numpy()
+            total += feature_sum
             if not cam:
                 continue
             if r is None:     # the proxy: every uniform cell takes its signature's value
                 proxy = plan_.proxy
-                uniform = cam_window.numpy()[np.ix_(proxy.row_map, proxy.col_map)]
+                uniform = cam_window[np.ix_(proxy.row_map, proxy.col_map)]
                 for (rr, cc) in plan_.windows:      # keep what the tiles wrote
                     uniform[rr.cell_start:rr.cell_stop, cc.cell_start:cc.cell_stop] = \
                         grid[rr.cell_start:rr.cell_stop, cc.cell_start:cc.cell_stop]
                 grid = uniform
             else:
                 top, left = r.window_start // OUTPUT_STRIDE, c.window_start // OUTPUT_STRIDE
-                grid[r.cell_start:r.cell_stop, c.cell_start:c.cell_stop] = cam_window.numpy()[
+                grid[r.cell_start:r.cell_stop, c.cell_start:c.cell_stop] = cam_window[
                     r.cell_start - top:r.cell_stop - top, c.cell_start - left:c.cell_stop - left]
         kernel, bias = self._head()
         logit = float(total.dot(kernel) / grid_size(height, width) + bias)

@@ -14,7 +14,9 @@ def predict_slide(checkpoint_or_model, slide, **options):
 
 
 def fit(config, **overrides):
-    """``model.training.fit``: the paper's training from a YAML path or a dict."""
+    """``model.training.fit``: the paper's training from a YAML path or a dict. Training runs
+    eagerly; called from a process already in TF1's graph mode (a model built first), it trains
+    in a child ``python -m reproduce train`` and returns the same result."""
     from model.training import fit as train
     return train(config, **overrides)
 

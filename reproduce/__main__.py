@@ -1,20 +1,15 @@
 """`python -m reproduce <command>`: the reproduction's command line.
 
-Each command lives in its own module of this package with two functions, ``add_arguments(parser)``
-and ``run(args) -> int``. Modules are imported only when their command runs, so ``--help`` is fast
-and does not load TensorFlow.
+Each command is a module of this package with ``add_arguments(parser)`` and ``run(args) -> int``,
+imported only when its command runs, so ``--help`` is fast and loads no TensorFlow.
 
-Only this entry point sets process-wide state, before any command imports a library:
-- TensorFlow's C++ log lines (cuInit failures, CPU features, device creation) are hidden with
-  ``TF_CPP_MIN_LOG_LEVEL=3`` unless ``--verbose`` (or the variable is already set), and so are
-  its Python deprecation warnings (the ``tensorflow`` logger at ERROR). The variable is
-  inherited by every child process (the demo's stages, ranks started by a local mpirun, bench's
-  measuring child); ranks on other hosts parse their own command line and decide the same way.
-- matplotlib draws with the Agg backend (files only, no display); the library's figure code
-  never selects a backend (``stats.figures``).
+Only this entry point sets process-wide state, before any command imports a library: TensorFlow's
+C++ log lines and Python deprecation warnings are hidden unless ``--verbose`` (``quiet_logs``;
+child processes inherit the choice: the demo's stages, mpirun's local ranks, bench's child), and
+matplotlib draws with the Agg backend (files only; ``report.figures`` never selects one).
 
-Errors: a ``data.errors.InputError`` (bad input: a file, a field, a value; every user-facing
-error of the library and of ``reproduce.errors.UserError`` derives from it) is printed as one line
+Errors: a ``data.errors.InputError`` (bad input: a file, a field, a value; the base of every
+user-facing error of the library and of ``reproduce.errors.UserError``) is printed as one line
 ``error: ...`` with exit status 2. Anything else is a bug and keeps its traceback.
 """
 import argparse
@@ -42,16 +37,12 @@ COMMANDS = {
                                    "CAMs, provenance"),
     "demo": ("reproduce.demo", "the embedded synthetic default, end to end (make reproduce-table)"),
     "bench": ("reproduce.bench", "time and peak memory of one training step (direct|streaming)"),
-    "selfcheck": ("reproduce.selfcheck", "streaming against whole-image forward and gradients"),
+    "selfcheck": ("reproduce.selfcheck", "streaming against whole-image forward and gradients, judged against float64"),
 }
 
 
 def _available():
-    found = {}
-    for name, (module, text) in COMMANDS.items():
-        if importlib.util.find_spec(module) is not None:
-            found[name] = (module, text)
-    return found
+    return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
 
 
 def quiet_logs(verbose):

@@ -1,19 +1,12 @@
 """`python -m reproduce predict`: probabilities for slides and single nodes, and their CAMs.
 
-For every manifest row of the chosen split (slide-level and node-level rows alike) the prepared
-image at the config's target mpp (from the cache when given, else read from the slide, a node
-cropped by its polygon) is put on the model's canvas exactly as in training (centre-padded with
-white, or centre-cropped), and the best checkpoint's strategy gives
-
-    probability = sigmoid(logit),  logit = head(GAP(F))
-
-Writes DIR/predictions.csv (slide_id, probability, label, level + size_category, subtype,
-chemo where the manifest has them; the input of `reproduce table`) and, with --cam, the CAM of
-each row under DIR/cam/ (model/cam.py: PNG overlay, GeoJSON of high-CAM regions in level-0
-slide pixels, optionally a TIFF). Rows with tumour annotations (manifest column ``foci``) get
-their outlines on the overlay and their CAM localisation (stats/localisation.py) in
-DIR/cam/localisation.csv, which `reproduce table` reads from beside predictions.csv. The work is ``model.inference.predict_cohort``'s, the code path
-of the Python API ``predict_slide``; this module parses the command line and calls it.
+Every manifest row of the split (slides and nodes alike) goes through the Python API's code path,
+``model.inference.predict_cohort``: its prepared image (cache, or slide; a node cropped by its
+polygon) on the model's canvas as in training gives probability = sigmoid(head(GAP(F))). Writes
+DIR/predictions.csv (the input of `reproduce table`) and, with --cam, each row's CAM under
+DIR/cam/ (model/cam.py), the localisation of annotated rows in DIR/cam/localisation.csv. The
+input (target mpp, canvas, filter, glass threshold) is the checkpoint's contract; --config gives
+strategy, tile and default cache, refused when its input contradicts the checkpoint.
 """
 import os
 
@@ -30,17 +23,16 @@ def add_arguments(parser):
                              "mpp, size_category, subtype, chemo]")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="writes predictions.csv here (and cam/ with --cam)")
-    parser.add_argument("--config", default="configs/demo.yaml", metavar="C.yaml",
-                        help="the training config: target_mpp, canvas, strategy, tile "
-                             "(default: %(default)s)")
+    parser.add_argument("--config", metavar="C.yaml", help="a config for strategy, tile and "
+                        "cache; its input (target_mpp, canvas, resample, glass_to_white) must "
+                        "match the checkpoint's (default: its own input, defaults for the rest)")
     parser.add_argument("--cache", metavar="CACHE",
                         help="prepared images (reproduce prepare); default: the config's "
                              "data.cache when it holds an index.csv, else read the slides")
     parser.add_argument("--split", default="test",
                         help="manifest split to predict: train, val, test or all "
                              "(default: %(default)s)")
-    parser.add_argument("--strategy", choices=STRATEGIES,
-                        help="override the config's train.strategy")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="override train.strategy")
     parser.add_argument("--cam", action="store_true", help="export CAMs under DIR/cam/")
     parser.add_argument("--cam-threshold", type=float, default=0.5,
                         help="sigmoid CAM value from which a region is exported, drawn and "
@@ -49,7 +41,7 @@ def add_arguments(parser):
                         help="CAM maps at target_mpp x this (1 = full prepared size; use 4 "
                              "for paper-sized slides) (default: %(default)s)")
     parser.add_argument("--cam-tiff", action="store_true", help="also write the CAM as a TIFF")
-    parser.add_argument("--limit-cams", type=int, default=None, metavar="N",
+    parser.add_argument("--limit-cams", type=int, metavar="N",
                         help="export CAMs for the first N rows only")
 
 
@@ -58,10 +50,13 @@ def run(args):
         raise UserError("--cam-downsample must be >= 1, got {}".format(args.cam_downsample))
     if not 0.0 < args.cam_threshold < 1.0:
         raise UserError("--cam-threshold must be in (0, 1), got {}".format(args.cam_threshold))
-    from model.inference import predict_cohort
+    from model.inference import cohort_config, predict_cohort
+    config = cohort_config(args.checkpoint, args.manifest, args.config, args.out)
+    import tensorflow as tf
+    tf.compat.v1.enable_v2_behavior()   # the command runs eagerly, as training does
     cam_dir = os.path.join(args.out, "cam")
     predictions, cams = predict_cohort(
-        args.checkpoint, args.manifest, args.config, split=args.split, cache=args.cache,
+        args.checkpoint, args.manifest, config, split=args.split, cache=args.cache,
         strategy=args.strategy or "auto", cam_dir=cam_dir if args.cam else None,
         cam_threshold=args.cam_threshold, cam_downsample=args.cam_downsample,
         cam_tiff=args.cam_tiff, limit_cams=args.limit_cams)
@@ -71,3 +66,4 @@ def run(args):
         print("wrote {} CAM(s) to {} (PNG overlay, GeoJSON level-0 regions{})".format(
             len(cams), cam_dir, ", TIFF" if args.cam_tiff else ""))
     return 0
+

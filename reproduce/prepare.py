@@ -41,10 +41,9 @@ def add_arguments(parser):
                              "the config's data.resample, else area")
     parser.add_argument("--glass-to-white", metavar="T",
                         help="DEPARTS FROM THE PAPER (which feeds the slide as scanned): make "
-                             "glass pure white (255, 255, 255) so that streaming skips it like "
-                             "the padding. Glass: pixels whose every channel is >= T (an integer "
-                             "1-255; e.g. 240), kept where a 5x5 px opening keeps them, so pale "
-                             "specks inside tissue stay. Default: the config's "
+                             "glass (every channel >= T, an integer 1-255, e.g. 240; kept where "
+                             "a 5x5 px opening keeps it, so pale specks in tissue stay) pure white "
+                             "so that streaming skips it like the padding. Default: the config's "
                              "data.glass_to_white, else off ('off' turns it off); the cache "
                              "records it and re-reads on a change (docs/fidelity.md, row "
                              "glass-to-white)")
@@ -74,8 +73,8 @@ def settings(args):
         "target_mpp", DEFAULT_TARGET_MPP)
     resample = args.resample or data.get("resample", DEFAULT_RESAMPLE)
     from data.glass import check_threshold
-    flag = getattr(args, "glass_to_white", None)
-    glass = check_threshold(flag) if flag is not None else data.get("glass_to_white")
+    glass = data.get("glass_to_white") if args.glass_to_white is None else \
+        check_threshold(args.glass_to_white)
     return manifest, out, target_mpp, resample, glass
 
 
@@ -87,8 +86,8 @@ def run(args):
         s = prepare(manifest, out, target_mpp=target_mpp, splits=args.split, fmt=args.format,
                     progress=not args.no_progress, resample=resample, glass_to_white=glass)
     except PrepareError as e:
-        from data.cache import _mpi  # only rank 0 prints, the verdict is the same everywhere
-        if _mpi()[1] == 0:
+        from data.mpi import communicator  # only rank 0 prints: the same verdict on every rank
+        if communicator()[1] == 0:
             for p in e.problems:
                 print("{}: {}".format(manifest, p), file=sys.stderr)
         raise UserError("{} ({} problem(s) listed above; nothing was read)".format(

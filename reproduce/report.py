@@ -1,13 +1,13 @@
 """`python -m reproduce report`: the reviewer's report of a run, one self-contained HTML file.
 
 Reads a run folder as ``reproduce demo`` leaves it (table/, predict/, .stamps/) and writes
-RUN/report.html (stats/report.py): the paper-vs-reproduction table, the figures, a gallery of
+RUN/report.html (report/page.py): the paper-vs-reproduction table, the figures, a gallery of
 the CAMs and the run's provenance, every image embedded, nothing fetched. The demo runs it as its
-last stage. ``--screenshot PNG`` also renders the page with headless Chromium (stats/browser.py).
+last stage. ``--screenshot PNG`` also renders the page with headless Chromium (report/browser.py).
 """
-import shlex
 import sys
 
+from report.run import quoted
 from reproduce.errors import UserError
 
 
@@ -44,24 +44,20 @@ def _size(text):
 
 def run(args):
     import os
-    from reproduce.demo import STAGES
-    from reproduce.table import GROUP_NAMES, LEVEL_NAMES
-    from stats import report
+    from report import page
     size = _size(args.screenshot_size) if args.screenshot else None
     out = args.out or os.path.join(args.run, "report.html")
     if os.path.isdir(out):
         raise UserError("--out {}: is a folder; give the HTML file's path".format(out))
-    command = " ".join(shlex.quote(a) for a in ["python", "-m", "reproduce"] + sys.argv[1:])
-    summary = report.build(args.run, out, config=args.config, manifest=args.manifest,
-                           predictions=args.predictions, group_names=GROUP_NAMES,
-                           level_names=LEVEL_NAMES, stages=STAGES, command=command,
-                           progress=True)
+    command = quoted(["python", "-m", "reproduce"] + sys.argv[1:])
+    summary = page.build(args.run, out, config=args.config, manifest=args.manifest,
+                         predictions=args.predictions, command=command, progress=True)
     print("report: {} ({:.1f} MB; {} cohort; {} CAM(s){})".format(
         summary["path"], summary["bytes"] / 1e6, summary["cohort"], summary["cams"],
         "; {} row(s) without a CAM".format(len(summary["missing_cams"]))
         if summary["missing_cams"] else ""))
     if args.screenshot:
-        from stats.browser import screenshot
+        from report.browser import screenshot
         screenshot(out, args.screenshot, *size)
         print("screenshot: {}".format(args.screenshot))
     return 0

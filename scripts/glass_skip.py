@@ -46,6 +46,7 @@ def skipped_fraction(canvas, tile=TILE):
 def all_fill_fraction(canvas):
     """Fraction of the output cells whose receptive field holds only the fill colour."""
     from model import streaming
+    from model.resnet import OUTPUT_STRIDE, RADIUS
     height, width = canvas.shape
     rows, cols = streaming.output_cells(height), streaming.output_cells(width)
     if canvas.empty:
@@ -54,10 +55,10 @@ def all_fill_fraction(canvas):
     total = np.zeros((other.shape[0] + 1, other.shape[1] + 1), np.int64)
     total[1:, 1:] = other.cumsum(0).cumsum(1)
     top, bottom, left, right = canvas.box
-    reach = (streaming.RECEPTIVE_FIELD - 1) // 2
+    reach = RADIUS
 
     def bounds(n, origin, size):
-        centre = streaming.OUTPUT_STRIDE * np.arange(n)
+        centre = OUTPUT_STRIDE * np.arange(n)
         return (np.clip(centre - reach - origin, 0, size),
                 np.clip(centre + reach + 1 - origin, 0, size))
     r0, r1 = bounds(rows, top, bottom - top)

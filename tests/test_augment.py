@@ -2,19 +2,13 @@
 centre pad/crop."""
 import warnings
 
-import cv2
 import numpy as np
 import pytest
 
 from data import augment as A
+from tests.conftest import block_noise
 
 iaa = pytest.importorskip("imgaug.augmenters")
-
-
-def _image(h, w, seed):
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _imgaug(padded, p, stages=A.COLOUR_STAGES, geometry=True):
@@ -34,7 +28,7 @@ def _imgaug(padded, p, stages=A.COLOUR_STAGES, geometry=True):
 
 @pytest.mark.parametrize("space", list(A.BRIGHTNESS_SPACES))
 def test_colour_stages_equal_imgaug_exactly(space):
-    image, canvas = _image(90, 70, 1), 96
+    image, canvas = block_noise(90, 70, 1), 96
     for seed in range(3):
         p = A.sample_params(seed)._replace(brightness_space=space)
         for stage in A.COLOUR_STAGES:
@@ -55,7 +49,7 @@ def test_rotation_translation_equal_imgaug_within_fixed_point_rounding():
     # carries the padding offset, which may round a position the other way. Measured: at most
     # 2 levels on under 0.1 % of pixels.
     for seed in range(6):
-        image = _image(70 + 10 * seed, 90, seed)
+        image = block_noise(70 + 10 * seed, 90, seed)
         canvas = 112
         p = A.sample_params(seed, translate_px=12)._replace(flip_lr=False, flip_ud=False)
         mine = A.apply(image, p, canvas, stages=())
@@ -65,7 +59,7 @@ def test_rotation_translation_equal_imgaug_within_fixed_point_rounding():
 
 
 def test_flips_equal_imgaug_exactly_without_rotation():
-    image, canvas = _image(60, 80, 3), 100
+    image, canvas = block_noise(60, 80, 3), 100
     for lr, ud in [(True, False), (False, True), (True, True)]:
         p = A.identity_params()._replace(flip_lr=lr, flip_ud=ud, translate_x_px=3)
         assert np.array_equal(A.apply(image, p, canvas, stages=()),
@@ -78,7 +72,7 @@ def test_whole_augmentation_close_to_imgaug():
     # difference (hue wraps at red). Tolerance, measured over these 12 draws: mean |diff| below
     # 0.3 levels and under 1 % of values off by more than 2 levels.
     for seed in range(12):
-        image = _image([60, 100, 130][seed % 3], [80, 100, 90][seed % 3], seed)
+        image = block_noise([60, 100, 130][seed % 3], [80, 100, 90][seed % 3], seed)
         canvas = [128, 101, 96][seed % 3]
         p = A.sample_params(seed, translate_px=10)
         with warnings.catch_warnings():
@@ -90,7 +84,7 @@ def test_whole_augmentation_close_to_imgaug():
 
 
 def test_same_seed_same_output_other_seed_differs():
-    image = _image(50, 60, 0)
+    image = block_noise(50, 60, 0)
     a = A.augment(image, 7, 64, translate_px=5)
     b = A.augment(image, np.random.default_rng(7), 64, translate_px=5)
     c = A.augment(image, 8, 64, translate_px=5)
@@ -116,14 +110,14 @@ def test_fill_is_white():
 
 
 def test_pad_centres_and_crop_warns():
-    image = _image(30, 50, 2)
+    image = block_noise(30, 50, 2)
     out = A.pad_to_canvas(image, 64)
     assert out.shape == (64, 64, 3)
     assert np.array_equal(out[17:47, 7:57], image)
     assert (out[:17] == 255).all() and (out[47:] == 255).all() and (out[:, :7] == 255).all()
     # identity warp == plain padding
     assert np.array_equal(A.apply(image, A.identity_params(), 64, stages=()), out)
-    big = _image(80, 70, 3)
+    big = block_noise(80, 70, 3)
     with pytest.warns(UserWarning, match="centre-cropped"):
         cropped = A.pad_to_canvas(big, 64)
     assert np.array_equal(cropped, big[8:72, 3:67])

@@ -45,7 +45,8 @@ def test_upsample_equals_bicubic_resize_without_padding():
     grid = rng.rand(5, 7).astype(np.float32)
     ref = cv2.resize(grid, (7 * 32, 5 * 32), interpolation=cv2.INTER_CUBIC)
     ref = np.clip(ref, grid.min(), grid.max())
-    out = cam.upsample(grid, (5 * 32, 7 * 32), (0, 0))
+    # cv2.resize centres cell j on pixel 32 j + 15.5, the network on 32 j: 15.5 px apart.
+    out = cam.upsample(grid, (5 * 32, 7 * 32), (-15.5, -15.5))
     assert out.shape == ref.shape
     # Same kernel, same sample positions, same border: equal up to float32 rounding.
     assert np.abs(out - ref).max() <= 1e-5
@@ -62,12 +63,12 @@ def test_hot_cell_lands_on_its_image_pixels():
         up = cam.upsample(grid, (h, w), (top, left), downsample=d)
         assert up.shape == (int(np.ceil(h / d)), int(np.ceil(w / d)))
         py, px = np.unravel_index(np.argmax(up), up.shape)
-        # Output pixel -> image pixel centre -> canvas pixel; must fall in [32 i, 32 i + 32).
+        # Output pixel -> image pixel centre -> canvas pixel; must fall in [32 i - 16, 32 i + 16).
         cy = (py + 0.5) * d - 0.5 + top
         cx = (px + 0.5) * d - 0.5 + left
-        assert 32 * i <= cy < 32 * i + 32 and 32 * j <= cx < 32 * j + 32
-        # And the peak is at the cell centre (32 i + 15.5) to within one output pixel.
-        assert abs(cy - (32 * i + 15.5)) <= d and abs(cx - (32 * j + 15.5)) <= d
+        assert 32 * i - 16 <= cy < 32 * i + 16 and 32 * j - 16 <= cx < 32 * j + 16
+        # And the peak is at the cell centre (32 i) to within one output pixel.
+        assert abs(cy - 32 * i) <= d and abs(cx - 32 * j) <= d
 
 
 def test_regions_in_level0_coordinates():
@@ -75,7 +76,7 @@ def test_regions_in_level0_coordinates():
     h, w, canvas = 192, 256, 256
     top, left = cam.image_offset((h, w), canvas)  # (32, 0)
     logit = np.full((canvas // 32, canvas // 32), -6.0, np.float32)
-    logit[3:5, 2:6] = 6.0  # canvas rows 96..159, cols 64..191 -> image rows 64..127
+    logit[3:5, 2:6] = 6.0  # canvas rows 80..144, cols 48..176 -> image rows 48..112
     target_mpp, level0_mpp, origin = 2.0, 0.5, (1000.0, 2000.0)
     up = cam.cam_map(logit, (h, w), canvas)
     fc = cam.regions(up, 0.5, 1, target_mpp, level0_mpp, origin)
@@ -85,7 +86,7 @@ def test_regions_in_level0_coordinates():
     assert 0.5 <= feat["properties"]["cam_mean"] <= feat["properties"]["cam_max"] <= 1.0
     ring = np.array(feat["geometry"]["coordinates"][0])
     assert np.allclose(ring[0], ring[-1])
-    expect_img = np.array([[64, 96 - top], [191, 159 - top]], float)
+    expect_img = np.array([[48, 80 - top], [176, 144 - top]], float)
     expect = cam.image_to_level0(expect_img, target_mpp, level0_mpp, origin)
     scale = target_mpp / level0_mpp
     # The 0.5 contour of a sigmoid step sits at the cell boundary, within a few image pixels.
@@ -114,15 +115,6 @@ def test_export_writes_png_geojson_tiff(tmp_path):
 
 
 # --------------------------------------------------------------------------- GAP identity
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    import tensorflow as tf
-    tf.compat.v1.enable_v2_behavior()
-    from model.resnet import build_model
-    tf.compat.v1.set_random_seed(0)
-    return build_model("none")
-
 
 def test_cam_mean_is_the_logit(tiny_model):
     """mean(head(F)) == head(GAP(F)) within 1e-5 relative: the CAM's defining identity."""
@@ -171,12 +163,14 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path, tiny_model):
     """End to end through `reproduce predict --cam` on synthetic slides with known foci.
 
     The network is ResNet-50 with random weights (no training here: the module's ``tiny_model``,
-    so that the test builds no second one); only its head is set: a
-    class-balanced ridge-regression probe of the 2048 features of grid cells, fit on 6
-    slides (one positive per subtype, three negatives) (tumour cells
-    vs. the rest, cell labels from the foci polygons). The CAM is then computed by predict on
-    the 10 *other* slides, and its GeoJSON regions (level-0 pixels) are compared with those slides'
-    foci polygons (level-0 pixels). So this tests the CAM's definition and its whole geometry
+    so that the test builds no second one); only its head is set: a class-balanced
+    ridge-regression probe of the 2048 features of grid cells (tumour cells vs. the rest, cell
+    labels from the foci polygons), fit on 9 slides: two positives of each subtype (one slide
+    is too few to learn a subtype's texture) and three negatives. The cohort (18 slides, the
+    three subtypes in equal shares) holds three positives per subtype, so one of each is held
+    out. The CAM is then computed by predict on the 9 *other* slides (3 positives, 6 negatives),
+    and its GeoJSON regions (level-0 pixels) are compared with those slides' foci polygons
+    (level-0 pixels). So this tests the CAM's definition and its whole geometry
     (canvas padding, stride 32, bicubic upsampling, target mpp -> level 0) on real slide files;
     it does not test that training learns to find tumour (the demo's CAMs show that).
     """
@@ -191,15 +185,23 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path, tiny_model):
 
     target_mpp, canvas = 16.0, 352
     cohort = str(tmp_path / "cohort")
-    # Macro and micro foci only: ITC (< 0.2 mm) is smaller than one 32-px cell (0.5 mm) here.
-    manifest = synth.make_cohort(cohort, 16, 5, mpp=4.0, node_fraction=0.0, size_mix=(1, 1, 0),
-                                 compression="zlib", workers=1, progress=False)
+    # Macro and micro foci only, micro from 1 mm: ITC (< 0.2 mm) and the smallest micro foci
+    # (~0.5 mm) are no larger than one 32-px cell (0.5 mm) here; 1 mm is two cells across.
+    # 18 slides, subtypes in equal shares: 9 positives, three of each subtype.
+    manifest = synth.make_cohort(cohort, 18, 5, mpp=4.0, node_fraction=0.0, size_mix=(1, 1, 0),
+                                 micro_min_mm=1.0, subtype_mix=(1, 1, 1), compression="zlib",
+                                 workers=1, progress=False)
     prepare(os.path.join(cohort, "manifest.csv"), str(tmp_path / "cache"), target_mpp=target_mpp,
             progress=False, log=lambda m: None)
     index = load_index(str(tmp_path / "cache")).set_index("slide_id", drop=False)
     slides = manifest[manifest["level"] == "slide"]
-    # Fit on one positive of each subtype (+ 3 negatives); hold out every other slide.
-    fit_ids = [slides[slides["subtype"] == t]["slide_id"].iloc[0] for t in synth.SUBTYPES]
+    # Fit on two positives of each subtype (+ 3 negatives); hold out every other slide, which
+    # leaves at least one positive of each subtype.
+    fit_ids = []
+    for subtype in synth.SUBTYPES:
+        ids = list(slides[(slides["label"] == 1) & (slides["subtype"] == subtype)]["slide_id"])
+        assert len(ids) >= 3, (subtype, ids)
+        fit_ids += ids[:2]
     fit_ids += list(slides[slides["label"] == 0]["slide_id"].iloc[:3])
     held_ids = [s for s in slides["slide_id"] if s not in fit_ids]
 
@@ -217,6 +219,8 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path, tiny_model):
         top, left = cam.image_offset((image.shape[0], image.shape[1]), canvas)
         board = np.zeros((canvas, canvas), np.float32)
         board[top:top + image.shape[0], left:left + image.shape[1]] = truth
+        # Cell i is centred on canvas pixel 32 i: it covers [32 i - 16, 32 i + 16).
+        board = np.pad(board, ((16, 0), (16, 0)))[:canvas, :canvas]
         cells = board.reshape(canvas // 32, 32, canvas // 32, 32).mean(axis=(1, 3))
         xs.append(feats.reshape(-1, 2048).astype(np.float64))
         ts.append(np.where(cells.reshape(-1) > 0.5, 4.0, -4.0))
@@ -271,9 +275,9 @@ def test_cam_regions_land_on_synthetic_tumour_foci(tmp_path, tiny_model):
             float(pred.set_index("slide_id").loc[sid, "probability"]), 3)))
     # Every held-out focus is found, and the regions lie mostly on tumour.
     # Geometry: the regions lie on the tumour (a shifted, flipped or mis-scaled map would put
-    # most of them on the surrounding node: foci are ~5-15% of the tissue). Seen: 0.87-1.0.
+    # most of them on the surrounding node: foci are ~5-15% of the tissue). Seen: 0.77-0.91.
     assert min(precision) > 0.75, (precision, detail)
-    # Every held-out focus is hit; how much of it depends on the probe (seen: 0.05-0.70).
+    # Every held-out focus is hit; how much of it depends on the probe (seen: 0.60-0.90).
     assert min(recall) > 0.0 and np.mean(recall) > 0.25, (recall, detail)
     assert len(pred) == len(held_ids)
 

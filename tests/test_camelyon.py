@@ -25,10 +25,28 @@ def _touch(folder, *names):
         p.write_bytes(b"")
 
 
-def test_camelyon16_sample(tmp_path):
+def _sample16(tmp_path):
+    """SAMPLE16 as tmp_path/reference.csv, and slides (empty files) under tmp_path/slides: two of
+    its three test slides and two training slides; returns the label file's path."""
     labels = tmp_path / "reference.csv"
     labels.write_text(SAMPLE16)
     _touch(tmp_path / "slides", "test_001.tif", "Test_003.tif", "normal_001.tif", "tumor_009.tif")
+    return labels
+
+
+def _sample17(tmp_path):
+    """SAMPLE17 as tmp_path/stage_labels.csv, and its slides (empty files) under
+    tmp_path/slides in CAMELYON17's centre_k folders; returns the label file's path."""
+    labels = tmp_path / "stage_labels.csv"
+    labels.write_text(SAMPLE17)
+    _touch(tmp_path / "slides", "centre_0/patient_000_node_0.tif",
+           "centre_0/patient_000_node_1.tif", "centre_1/patient_001_node_0.tif",
+           "centre_1/patient_001_node_1.tif", "centre_2/patient_002_node_3.tif")
+    return labels
+
+
+def test_camelyon16_sample(tmp_path):
+    labels = _sample16(tmp_path)
     assert detect(str(labels)) == 16
     df, missing = build_manifest(str(labels), str(tmp_path / "slides"))
     assert missing == ["Test_002"]
@@ -41,11 +59,7 @@ def test_camelyon16_sample(tmp_path):
 
 
 def test_camelyon17_sample_labels_and_patient_split(tmp_path):
-    labels = tmp_path / "stage_labels.csv"
-    labels.write_text(SAMPLE17)
-    _touch(tmp_path / "slides", "centre_0/patient_000_node_0.tif",
-           "centre_0/patient_000_node_1.tif", "centre_1/patient_001_node_0.tif",
-           "centre_1/patient_001_node_1.tif", "centre_2/patient_002_node_3.tif")
+    labels = _sample17(tmp_path)
     df, missing = build_manifest(str(labels), str(tmp_path / "slides"), which=17)
     assert missing == []
     assert len(df) == 5 and not df["slide_id"].str.endswith("zip").any()  # patient rows skipped
@@ -119,3 +133,81 @@ def test_cli_camelyon17_without_slides_names_the_list(tmp_path, capsys):
     assert "and 495 more; full list in {}".format(tmp_path / "c17.missing.txt") in err
     names = (tmp_path / "c17.missing.txt").read_text().splitlines()
     assert len(names) == len(set(names)) == 500 and names[0] == "patient_000_node_0"
+
+
+def _lesion_xml(group="metastases"):
+    """A small lesion annotation in the challenges' ASAP layout (level-0 pixels)."""
+    return ('<?xml version="1.0"?>\n<ASAP_Annotations>\n\t<Annotations>\n'
+            '\t\t<Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="{}" '
+            'Color="#F4FA58">\n\t\t\t<Coordinates>\n'
+            '\t\t\t\t<Coordinate Order="0" X="100.5" Y="200" />\n'
+            '\t\t\t\t<Coordinate Order="1" X="300" Y="200" />\n'
+            '\t\t\t\t<Coordinate Order="2" X="300" Y="350.25" />\n'
+            '\t\t\t</Coordinates>\n\t\t</Annotation>\n\t</Annotations>\n'
+            '\t<AnnotationGroups>\n\t\t<Group Name="{}" PartOfGroup="None" Color="#ff0000">\n'
+            '\t\t\t<Attributes />\n\t\t</Group>\n\t</AnnotationGroups>\n'
+            '</ASAP_Annotations>\n').format(group, group)
+
+
+def test_cli_annotations_fill_the_foci_column(tmp_path, capsys):
+    """`--annotations DIR`: each slide with a <slide_id>.xml under DIR (any depth, any case)
+    gets its absolute path in `foci`, the others ''; XML files that match no slide of the
+    manifest are named in one warning line; the manifest's foci pass its check."""
+    from data.manifest import load_manifest, validate
+    from data.nodes import load_polygons
+    labels = _sample17(tmp_path)
+    notes = tmp_path / "lesion_annotations"
+    notes.mkdir()
+    (notes / "patient_001_node_0.xml").write_text(_lesion_xml())
+    (notes / "centre_2").mkdir()
+    (notes / "centre_2" / "Patient_002_Node_3.xml").write_text(_lesion_xml())
+    (notes / "patient_099_node_1.xml").write_text(_lesion_xml())   # no such slide
+    (notes / "readme.txt").write_text("not an annotation")
+    out = tmp_path / "m.csv"
+    assert main(["camelyon", "--labels", str(labels), "--slides", str(tmp_path / "slides"),
+                 "--out", str(out), "--annotations", str(notes)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("warning: 1 annotation")
+    assert "patient_099_node_1.xml" in captured.err and str(notes) in captured.err
+    assert "tumour outlines for 2" in captured.out
+    df = pd.read_csv(str(out), dtype=str, keep_default_na=False).set_index("slide_id")
+    assert df.loc["patient_001_node_0", "foci"] == str(notes / "patient_001_node_0.xml")
+    assert df.loc["patient_002_node_3", "foci"] == str(notes / "centre_2" /
+                                                        "Patient_002_Node_3.xml")
+    assert os.path.isabs(df.loc["patient_002_node_3", "foci"])
+    assert (df.drop(["patient_001_node_0", "patient_002_node_3"])["foci"] == "").all()
+    manifest = load_manifest(str(out))
+    problems = [p for p in validate(manifest, str(tmp_path), open_slides=False)
+                if ": slide file " not in p]          # the slides here are empty files
+    assert problems == []
+    polygons = load_polygons(df.loc["patient_001_node_0", "foci"])
+    assert len(polygons) == 1 and polygons[0][0][:, 0].min() == 100.5
+    # every XML matched: no warning; a missing folder is a one-line error
+    (notes / "patient_099_node_1.xml").unlink()
+    assert main(["camelyon", "--labels", str(labels), "--slides", str(tmp_path / "slides"),
+                 "--out", str(out), "--annotations", str(notes)]) == 0
+    assert capsys.readouterr().err == ""
+    rc = main(["camelyon", "--labels", str(labels), "--slides", str(tmp_path / "slides"),
+               "--out", str(out), "--annotations", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "nope" in err and "--annotations" in err
+    # without --annotations the manifest has no foci column, as before
+    assert main(["camelyon", "--labels", str(labels), "--slides", str(tmp_path / "slides"),
+                 "--out", str(out)]) == 0
+    assert "foci" not in pd.read_csv(str(out)).columns
+
+
+def test_camelyon16_annotations_match_test_and_train_slides(tmp_path):
+    from data.camelyon import add_foci
+    labels = _sample16(tmp_path)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for name in ("test_001.xml", "tumor_009.xml", "test_002.xml"):   # Test_002 has no slide
+        (notes / name).write_text(_lesion_xml("_0"))
+    df, _ = build_manifest(str(labels), str(tmp_path / "slides"))
+    unmatched = add_foci(df, str(notes))
+    assert unmatched == ["test_002.xml"]
+    foci = df.set_index("slide_id")["foci"]
+    assert foci["Test_001"] == str(notes / "test_001.xml")       # Test_001 <- test_001.xml
+    assert foci["tumor_009"] == str(notes / "tumor_009.xml")
+    assert foci["Test_003"] == "" and foci["normal_001"] == ""

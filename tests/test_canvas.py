@@ -3,18 +3,12 @@ canvas pixel for pixel, and is never built whole."""
 import tracemalloc
 import warnings
 
-import cv2
 import numpy as np
 import pytest
 
 from data import augment as A
 from data.canvas import Canvas, as_canvas, place
-
-
-def _tissue(h, w, seed):
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+from tests.conftest import block_noise
 
 
 @pytest.mark.parametrize("space", list(A.BRIGHTNESS_SPACES))
@@ -25,7 +19,7 @@ def test_augmented_canvas_equals_the_dense_augmentation(space):
     for _ in range(12):
         canvas = int(rng.integers(40, 260))
         h, w = int(rng.integers(3, canvas + 30)), int(rng.integers(3, canvas + 30))
-        image = _tissue(h, w, int(rng.integers(1 << 30)))
+        image = block_noise(h, w, int(rng.integers(1 << 30)))
         p = A.sample_params(rng, translate_px=canvas // 6)._replace(brightness_space=space)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -43,7 +37,7 @@ def test_the_geometry_alone_is_bit_equal_including_the_bicubic_edges():
     rng = np.random.default_rng(7)
     for _ in range(30):
         canvas = int(rng.integers(64, 300))
-        image = _tissue(int(rng.integers(8, canvas)), int(rng.integers(8, canvas)), 1)
+        image = block_noise(int(rng.integers(8, canvas)), int(rng.integers(8, canvas)), 1)
         p = A.sample_params(rng, translate_px=canvas // 5)
         dense = A.apply(image, p, canvas, stages=())
         placed = A.apply_canvas(image, p, canvas, stages=())
@@ -72,7 +66,7 @@ def test_colour_depends_on_the_colour_alone():
 
 
 def test_place_is_pad_to_canvas_and_windows_are_parts_of_it():
-    image = _tissue(30, 50, 2)
+    image = block_noise(30, 50, 2)
     placed = place(image, 64)
     assert placed.offset == (17, 7) and placed.shape == (64, 64)
     dense = A.pad_to_canvas(image, 64)
@@ -84,7 +78,7 @@ def test_place_is_pad_to_canvas_and_windows_are_parts_of_it():
     assert again.box == (17, 47, 7, 57) and np.array_equal(again.dense(), dense)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        big = _tissue(80, 70, 3)
+        big = block_noise(80, 70, 3)
         assert np.array_equal(place(big, 64).dense(), A.pad_to_canvas(big, 64))
     with pytest.raises(ValueError):
         place(big, 64, fail_if_larger=True)
@@ -94,7 +88,7 @@ def test_place_is_pad_to_canvas_and_windows_are_parts_of_it():
 
 def test_a_paper_sized_canvas_is_never_built():
     """21,500^2 px would be 1.39 GB; the augmented canvas of a small node takes a few MB."""
-    image = _tissue(300, 240, 4)
+    image = block_noise(300, 240, 4)
     p = A.sample_params(9, translate_px=500)
     tracemalloc.start()
     placed = A.apply_canvas(image, p, 21500)

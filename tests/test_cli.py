@@ -48,9 +48,12 @@ def test_every_library_user_error_is_an_input_error_and_not_a_value_error():
     from data.slide import SlideError
     from model.checkpoint import CheckpointError
     from model.resnet import WeightsError
-    from stats.figures import LogError
+    from data.synth import SynthError
+    from report.figures import LogError
+    from report.run import RunError
     for cls in (CacheError, PrepareError, CamelyonError, ManifestError, AnnotationError,
-                SlideError, CheckpointError, WeightsError, LogError, UserError):
+                SlideError, CheckpointError, WeightsError, LogError, UserError, SynthError,
+                RunError):
         assert issubclass(cls, InputError), cls
         assert not issubclass(cls, ValueError), cls   # `except ValueError` must not catch them
 

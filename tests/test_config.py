@@ -1,4 +1,5 @@
-"""model.config: every shipped config loads; bad ones fail with one line naming the key."""
+"""model.config: every shipped config loads; bad ones fail with one line naming the key.
+model.paper_config: the paper-scale run's config differs from configs/paper.yaml only in its keys."""
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from model import paper_config
 from model.config import load_config
 from model.config import ConfigError as UserError
 
@@ -124,3 +126,42 @@ def test_strategy_names_have_one_home():
     from model import config
     assert config.SCHEMA["train"]["strategy"][1]("streaming") is None
     assert "one of " + ", ".join(NAMES) in config.SCHEMA["train"]["strategy"][1]("gpu")
+
+
+def test_derived_text_changes_only_the_values():
+    with open(paper_config.PAPER_CONFIG) as f:
+        text = f.read()
+    values = paper_config.paper_values(text, canvas=2048, iterations=3, epochs=2)
+    derived = paper_config.derive_text(text, values, {k: "why" for k in values})
+    found = paper_config.differences(text, derived)
+    assert {k: v[1] for k, v in found.items()} == values
+    assert values["data.translate_px"] == round(500 * 2048 / 21500.0)
+    # the full canvas keeps the paper's canvas and translation
+    assert set(paper_config.paper_values(text)) == {
+        "model.weights", "train.iterations_per_epoch", "train.max_epochs"}
+    # lines not changed are kept byte for byte, comments included
+    kept = [l for l in text.splitlines() if not any(
+        l.strip().startswith(k.split(".")[-1] + ":") for k in values)]
+    assert all(l in derived.splitlines() for l in kept)
+    # a key the file lacks is added under its section
+    lacking = text.replace("\n  max_epochs:", "\n  # max_epochs:")
+    found = paper_config.differences(text, paper_config.derive_text(lacking, values))
+    assert found["train.max_epochs"] == (None, 2)
+
+
+def test_derived_config_and_its_diff_name_only_the_changes(tmp_path):
+    text = paper_config.read_paper_text()
+    values = paper_config.paper_values(text, canvas=1024)
+    derived, changes = paper_config.derive(text, values)
+    assert sorted(changes) == sorted(values)
+    assert changes["model.weights"] == dict(paper="imagenet", run="none",
+                                            why=paper_config.CHANGES["model.weights"])
+    assert derived.startswith("# configs/paper.yaml as `python -m reproduce demo --paper-scale`")
+    config, diff = paper_config.write_derived(str(tmp_path / "out"), text, derived)
+    assert load_config(config)["data"]["canvas"] == 1024
+    with open(diff) as f:
+        lines = [l for l in f.read().splitlines() if l[:3] not in ("+++", "---")]
+    removed = [l for l in lines if l.startswith("-")]
+    added = [l for l in lines if l.startswith("+")]
+    assert len(removed) == len(values) and len(added) == len(values) + 2    # + the header
+    assert all(l[1:].lstrip().split(":")[0] in {k.split(".")[1] for k in values} for l in removed)

@@ -108,17 +108,17 @@ def test_demo_bad_input_is_one_line(tmp_path):
 
 def test_training_resumes_or_moves_other_runs_aside(tmp_path):
     """The train stage: same inputs and a last.ckpt -> --resume; other inputs -> moved aside."""
-    from reproduce.demo import Runner, _resumable
+    from report.run import Runner
     config = tmp_path / "c.yaml"
     config.write_text("a: 1\n")
     run_dir = str(tmp_path / "train")
     runner = Runner(str(tmp_path))
     cmd = ["train", "--config", str(config)]
-    assert _resumable(runner, cmd, [str(config)], run_dir) == cmd      # fresh: marker written
+    assert runner.resumable(cmd, [str(config)], run_dir) == cmd      # fresh: marker written
     open(os.path.join(run_dir, "last.ckpt"), "w").close()               # ... then interrupted
-    assert _resumable(runner, cmd, [str(config)], run_dir) == cmd + ["--resume"]
+    assert runner.resumable(cmd, [str(config)], run_dir) == cmd + ["--resume"]
     config.write_text("a: 2\n")                                         # the config changed
-    assert _resumable(runner, cmd, [str(config)], run_dir) == cmd
+    assert runner.resumable(cmd, [str(config)], run_dir) == cmd
     assert not os.path.exists(os.path.join(run_dir, "last.ckpt"))
     assert [d for d in os.listdir(str(tmp_path)) if d.startswith("train.old-")]
 
@@ -126,8 +126,7 @@ def test_training_resumes_or_moves_other_runs_aside(tmp_path):
 def test_failed_training_hint_works_as_printed(tmp_path):
     """A training that dies after its first checkpoint: the printed command continues it."""
     import shlex
-    from reproduce.demo import Runner, train_rerun
-    from reproduce.errors import UserError
+    from report.run import Runner, RunError, train_rerun
     from tests.test_train import make_cohort, write_config
     make_cohort(str(tmp_path / "cache"), n_train=2, n_val=2)
     run_dir = tmp_path / "run"
@@ -136,7 +135,7 @@ def test_failed_training_hint_works_as_printed(tmp_path):
     command = [sys.executable, "-m", "reproduce", "train", "--config", config]
     runner = Runner(str(tmp_path / "demo"))
     # Rank 0 exits before iteration 1, after the checkpoint of iteration 1.
-    with pytest.raises(UserError) as e:
+    with pytest.raises(RunError) as e:
         runner.stage("train", command, env={"REPRODUCE_FAULT": "0:1:exit"},
                      rerun=train_rerun(command, str(run_dir)))
     assert os.path.isfile(str(run_dir / "last.ckpt"))
@@ -147,3 +146,27 @@ def test_failed_training_hint_works_as_printed(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resuming in epoch 1 after iteration 1" in p.stderr
     assert os.path.isfile(str(run_dir / "best.ckpt"))
+
+
+def test_stamps_and_timings_round_trip(tmp_path):
+    """A stamp matches only the same command and inputs; timings.json keeps every stage."""
+    import time
+    from report import stages
+    out, source = str(tmp_path), tmp_path / "in.txt"
+    source.write_text("a")
+    rc, memory = stages.call([sys.executable, "-c", "x = bytearray(10 ** 8)"])
+    assert rc == 0 and memory["largest_gb"] >= 0.1 and memory["cpu_seconds"] >= 0
+    stages.write_stamp(out, "synth", ["cmd"], [str(source)], 1.23, memory)
+    assert stages.stamp_matches(out, "synth", ["cmd"], [str(source)])
+    assert not stages.stamp_matches(out, "synth", ["other"], [str(source)])
+    source.write_text("b")
+    assert not stages.stamp_matches(out, "synth", ["cmd"], [str(source)])
+    rows = stages.stage_rows(out, [("synth", None), ("prepare", 2.04)], {"prepare": memory})
+    assert rows[0] == dict(stage="synth", seconds=None, skipped=True, seconds_earlier_run=1.2)
+    assert rows[1]["seconds"] == 2.0 and rows[1]["largest_gb"] == memory["largest_gb"]
+    record = stages.timings_record(rows, time.time() - 5, None, command="x")
+    assert list(record)[:2] == ["command", "stages"] and record["stages_seconds"] == 2.0
+    assert record["wall_seconds"] >= 5
+    stages.write_timings(out, record)
+    assert stages.read_timings(out) == record
+    assert len(stages.timings_lines(record)) == 4      # header, two stages, total

@@ -1,4 +1,4 @@
-"""stats.figures: the paper's figure panels, drawn without changing matplotlib's backend."""
+"""report.figures: the paper's figure panels, drawn without changing matplotlib's backend."""
 import os
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("svg")          # the caller's choice (a notebook's inline backend, say)
 import numpy as np
 import pandas as pd
-from stats.figures import write_figures
+from report.figures import write_figures
 rng = np.random.RandomState(0)
 y = np.r_[np.ones(20, int), np.zeros(30, int)]
 p = np.clip(0.3 * y + rng.uniform(0, 0.7, 50), 0, 1)
@@ -35,3 +35,20 @@ def test_figures_leave_the_callers_backend_alone(tmp_path):
     for f in pngs:
         with open(str(tmp_path / f), "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_curves_mark_each_epoch():
+    """A run of one epoch (as ``demo --paper-scale`` makes) draws a visible point on each
+    learning curve: the lines carry markers, not only a line between epochs."""
+    import pandas as pd
+    from report.figures import _draw_curve, _figure
+    log = pd.DataFrame({"epoch": [1], "train_loss": [0.7], "val_loss": [0.6],
+                        "train_accuracy": [0.5], "val_accuracy": [0.55]})
+    for what in ("loss", "accuracy"):
+        ax = _figure((3, 3)).subplots()
+        _draw_curve(ax, log, what)
+        lines = ax.get_lines()
+        assert len(lines) == 2
+        for line in lines:
+            assert line.get_marker() not in (None, "None", "", " "), line.get_label()
+            assert line.get_markersize() > 0

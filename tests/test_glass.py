@@ -14,7 +14,7 @@ from data.canvas import Canvas, fill_box, place
 from data.glass import GlassError, check_threshold, glass_mask, glass_to_white
 from data.slide import read_slide
 from reproduce.__main__ import main
-from tests.conftest import aperio_tiff
+from tests.conftest import aperio_tiff, write_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the index columns of a cache made without the flag: those of every cache before it existed
@@ -129,9 +129,7 @@ def _cohort(folder):
         image = _slide_image(1200, 1400, box, seed=10 + i, glass=242)
         aperio_tiff(folder / "g{}.svs".format(i), [image], mpp=0.5)
         lines.append("g{0},g{0}.svs,{1},{2}".format(i, i, ("train", "val")[i]))
-    path = folder / "manifest.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return write_lines(folder / "manifest.csv", lines)
 
 
 def _files(cache):

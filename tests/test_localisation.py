@@ -70,16 +70,17 @@ def test_overhanging_last_column_counts_only_the_image():
 @pytest.mark.parametrize("downsample", [1, 2])
 def test_cam_geometry_to_level0_is_exact_on_a_lit_half_plane(downsample):
     """model.cam.localise through the real map: a CAM grid lit from grid column 3 on
-    (+-20 logits, so the bicubic map crosses 0.5 exactly on the cell boundary, canvas column
-    96), an image of 160 x 200 px centre-padded on a 256 canvas (offset 28 columns: the lit
-    part starts at image column 68), 2 um/px over a 0.5 um/px slide (4 level-0 px per image
-    px), a node-like origin. The tumour covers image columns [32, 80) x rows [16, 64)."""
+    (+-20 logits, so the bicubic map is 0.5 exactly midway between the centres of cells 2 and
+    3, canvas columns 64 and 96: on canvas column 80), an image of 160 x 200 px centre-padded
+    on a 256 canvas (offset 28 columns: the lit part starts at image column 52), 2 um/px over
+    a 0.5 um/px slide (4 level-0 px per image px), a node-like origin. The tumour covers image
+    columns [32, 80) x rows [16, 64)."""
     canvas, h, w, target, level0, origin = 256, 160, 200, 2.0, 0.5, (1000.0, 3000.0)
     grid = np.full((8, 8), -20.0)
     grid[:, 3:] = 20.0
     top, left = cam.image_offset((h, w), canvas)
     assert (top, left) == (48, 28)
-    boundary = 96 - left                            # first lit image column: 68
+    boundary = 80 - left                            # first lit image column: 52
     cam_image = cam.cam_map(grid, (h, w), canvas, downsample)
     q = 4.0                                         # level-0 px per image px
     x0, x1, y0, y1 = 32, 80, 16, 64

@@ -85,3 +85,26 @@ def test_missing_columns_and_unreadable_csv(tmp_path):
     assert sum("missing required column" in p for p in problems) == 3
     with pytest.raises(ManifestError, match="nothere.csv"):
         load_manifest(str(tmp_path / "nothere.csv"))
+
+
+def test_rows_of_a_split_and_their_cells(slides):
+    """data.rows: a split's rows in manifest order, blank cells as the default, a node row's
+    crop origin from its outline (a whole slide's is (0, 0))."""
+    from data.rows import RowsError, cell, level0_mpp_of, node_origin, select_rows
+    path = _write(slides, "slide_id,path,label,split,level,annotation,mpp\n"
+                          "a,a.svs,1,train,,,\n"
+                          "c,c.svs,1,test,node,node.geojson,0.5\n"
+                          "b,b.svs,0,test,slide,,\n")
+    df = load_manifest(path)
+    test = select_rows(df, "test")
+    assert list(test["slide_id"]) == ["c", "b"] and list(test.index) == [0, 1]
+    assert len(select_rows(df, "all")) == 3
+    with pytest.raises(RowsError, match="split == 'val'"):
+        select_rows(df, "val")
+    node, whole = test.iloc[0], test.iloc[1]
+    assert cell(whole, "annotation") is None and cell(whole, "subtype", "") == ""
+    assert cell(node, "level", "slide") == "node" and cell(df.iloc[0], "level", "slide") == "slide"
+    assert node_origin(node, str(slides)) == (10.0, 10.0)
+    assert node_origin(whole, str(slides)) == (0.0, 0.0)
+    assert level0_mpp_of(node, str(slides)) == 0.5
+    assert level0_mpp_of(whole, str(slides)) == pytest.approx(0.25)

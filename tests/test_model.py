@@ -137,3 +137,54 @@ def test_checkpoint_roundtrip(model, tmp_path):
                for a, v in zip(saved[:len(model.variables)], fresh.variables))
     with pytest.raises(checkpoint.CheckpointError):
         checkpoint.load_for_inference(str(tmp_path / "missing.ckpt"))
+
+
+def _keras_layers(backbone):
+    """The layers of the Keras ResNet-50 inside the backbone, in order."""
+    inner = [layer for layer in backbone.layers if isinstance(layer, tf.keras.Model)]
+    assert len(inner) == 1
+    return inner[0].layers
+
+
+def test_layer_table_is_the_keras_models(model):
+    """model.resnet.LAYERS: every convolution and the pooling of the built backbone, in its
+    order, with its kernel, stride, zero padding and channels."""
+    from model import resnet
+    keras, previous = [], None
+    for layer in _keras_layers(model.backbone):
+        if isinstance(layer, tf.keras.layers.ZeroPadding2D):
+            previous = layer.get_config()["padding"]
+        elif isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.MaxPooling2D)):
+            config = layer.get_config()
+            conv = isinstance(layer, tf.keras.layers.Conv2D)
+            kernel = config["kernel_size"] if conv else config["pool_size"]
+            assert kernel[0] == kernel[1] and config["strides"][0] == config["strides"][1]
+            if config["padding"] == "same":
+                assert config["strides"][0] == 1
+                pad = (kernel[0] - 1) // 2
+            else:
+                pad = previous[0][0] if previous else 0
+                assert previous is None or previous[0] == previous[1] == (pad, pad)
+            channels_in = int(layer.input_shape[-1])
+            channels_out = config["filters"] if conv else channels_in
+            keras.append((layer.name, "conv" if conv else "pool", kernel[0],
+                          config["strides"][0], pad, channels_in, channels_out))
+            previous = None
+    table = [(l.name, l.kind, l.kernel, l.stride, l.pad, l.channels_in, l.channels_out)
+             for l in resnet.LAYERS]
+    assert table == keras and len(table) == 53 + 1       # 53 convolutions and the max pooling
+
+
+def test_receptive_field_constants():
+    from model import resnet
+    assert (resnet.OUTPUT_STRIDE, resnet.RECEPTIVE_FIELD, resnet.RADIUS, resnet.MARGIN,
+            resnet.FEATURES) == (32, 483, 241, 256, 2048)
+    by_name = {layer.name: layer for layer in resnet.LAYERS}
+    # radius after the first conv, and at the end of each stage
+    assert [by_name[n].radius for n in ("conv1_conv", "conv2_block3_3_conv", "conv3_block4_3_conv",
+                                        "conv4_block6_3_conv", "conv5_block3_3_conv")] == \
+        [3, 17, 49, 145, 241]
+    assert [by_name[n].jump for n in ("conv1_conv", "pool1_pool", "conv3_block1_1_conv",
+                                      "conv5_block1_0_conv")] == [2, 4, 8, 32]
+    assert by_name["conv2_block1_2_conv"].macs == 3 * 3 * 64 * 64
+    assert by_name["pool1_pool"].macs == 0

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from reproduce import paper_scale
+from model import paper_config
+from report.stages import STAGES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CANVAS = 256
@@ -32,12 +33,11 @@ def _demo(*args, timeout=600):
 
 def _flat(path):
     with open(path) as f:
-        return paper_scale.flatten(yaml.safe_load(f))
+        return paper_config.flatten(yaml.safe_load(f))
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun (OpenMPI) not installed")
 def test_paper_scale_end_to_end_on_a_reduced_canvas(tmp_path):
-    from reproduce.demo import STAGES
     out = str(tmp_path / "paper")
     # 8 slides: 4 train (2 per rank), 2 val, 2 test (one of each class)
     p = _demo("--paper-scale", "--canvas", str(CANVAS), "--slides", "8", "--out", out)
@@ -59,9 +59,9 @@ def test_paper_scale_end_to_end_on_a_reduced_canvas(tmp_path):
     assert "[demo] paper scale: stage timings" in p.stdout
 
     # the config that ran is paper.yaml but for the documented keys
-    paper, ran = _flat(paper_scale.PAPER_CONFIG), _flat(os.path.join(out, "paper-scale.yaml"))
+    paper, ran = _flat(paper_config.PAPER_CONFIG), _flat(os.path.join(out, "paper-scale.yaml"))
     changed = {k for k in set(paper) | set(ran) if paper.get(k) != ran.get(k)}
-    assert changed <= set(paper_scale.CHANGES)
+    assert changed <= set(paper_config.CHANGES)
     assert ran["model.weights"] == "none"
     assert ran["train.iterations_per_epoch"] == 1 and ran["train.max_epochs"] == 1
     assert ran["data.canvas"] == CANVAS
@@ -113,23 +113,3 @@ def test_paper_scale_bad_flags_are_one_line(tmp_path, capsys, args, names):
     assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], lines
     assert not os.path.exists(str(tmp_path / "x" / "paper-scale.yaml"))
 
-
-def test_derived_text_changes_only_the_values():
-    with open(paper_scale.PAPER_CONFIG) as f:
-        text = f.read()
-    values = paper_scale.paper_values(text, canvas=2048, iterations=3, epochs=2)
-    derived = paper_scale.derive_text(text, values, {k: "why" for k in values})
-    found = paper_scale.differences(text, derived)
-    assert {k: v[1] for k, v in found.items()} == values
-    assert values["data.translate_px"] == round(500 * 2048 / 21500.0)
-    # the full canvas keeps the paper's canvas and translation
-    assert set(paper_scale.paper_values(text)) == {
-        "model.weights", "train.iterations_per_epoch", "train.max_epochs"}
-    # lines not changed are kept byte for byte, comments included
-    kept = [l for l in text.splitlines() if not any(
-        l.strip().startswith(k.split(".")[-1] + ":") for k in values)]
-    assert all(l in derived.splitlines() for l in kept)
-    # a key the file lacks is added under its section
-    lacking = text.replace("\n  max_epochs:", "\n  # max_epochs:")
-    found = paper_scale.differences(text, paper_scale.derive_text(lacking, values))
-    assert found["train.max_epochs"] == (None, 2)

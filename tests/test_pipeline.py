@@ -130,3 +130,24 @@ def test_default_reader_is_the_prepare_cache(index, tmp_path):
     assert [sid for _, _, sid in items] == list(index["slide_id"])
     for (img, _, sid), row in zip(items, index.to_dict("records")):
         assert np.array_equal(img, pad_to_canvas(read_cached("", row), CANVAS)), sid
+
+
+def test_an_update_read_by_assignment_equals_the_shards_elements(index):
+    """The slides of one update (running on into the next pass), read in any assignment, are
+    the shards' elements with the same pixels: balancing changes who computes, not what."""
+    size, seed = 2, 7
+    shards = [_collect(pipeline.training_dataset(index, CANVAS, seed, 0, rank=r, size=size,
+                                                 reader=reader, translate_px=4))
+              for r in range(size)]
+    slides, after = pipeline.update_slides(7, seed, size, 4, (0, 6))   # positions 6, 7 of pass 0
+    assert after == (1, 2) and [s[:2] for s in slides] == [(0, 6), (0, 7), (1, 0), (1, 1)]
+    got = _collect(pipeline.assigned_dataset(index, CANVAS, seed, slides[:2][::-1],
+                                             reader=reader, translate_px=4))
+    # position 7 of pass 0 is rank 1's 4th element, position 6 rank 0's 4th
+    for (img, lab, sid), (r, i) in zip(got, [(1, 3), (0, 3)]):
+        assert sid == shards[r][i][2] and np.array_equal(img, shards[r][i][0])
+    nxt = _collect(pipeline.training_dataset(index, CANVAS, seed, 1, rank=0, size=size,
+                                             reader=reader, translate_px=4))
+    got = _collect(pipeline.assigned_dataset(index, CANVAS, seed, slides[2:3], reader=reader,
+                                             translate_px=4))
+    assert got[0][2] == nxt[0][2] and np.array_equal(got[0][0], nxt[0][0])

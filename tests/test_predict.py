@@ -202,8 +202,9 @@ def test_annotated_rows_get_localisation_and_outlines(cohort, tmp_path):
     from data.cache import load_index, read_cached
     from data.manifest import resolve
     from data.nodes import area_um2, load_polygons
+    from data.rows import node_origin, tumour_polygons
     from model.cam import prediction_localisation
-    from model.inference import LOCALISATION_COLUMNS, node_origin, tumour_polygons
+    from model.inference import LOCALISATION_COLUMNS
     from reproduce import predict_slide
     out = str(tmp_path / "loc")
     assert _predict(cohort, out, "--cache", cohort["cache"], "--cam") == 0

@@ -15,7 +15,7 @@ from data.cache import CacheError, load_index, read_cached
 from data.nodes import crop_node
 from data.slide import read_slide
 from reproduce.__main__ import main
-from tests.conftest import aperio_tiff, pyramid, tissue
+from tests.conftest import aperio_tiff, pyramid, tissue, write_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRIANGLE = {"type": "Feature", "geometry": {"type": "Polygon",
@@ -32,16 +32,25 @@ def _cohort(folder, n=3):
             i, i % 2, splits[i % 3], "micro" if i % 2 else "negative"))
     (folder / "node.geojson").write_text(json.dumps(TRIANGLE))
     lines.append("n0,s0.svs,0,train,negative,node,node.geojson")
-    path = folder / "manifest.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return write_lines(folder / "manifest.csv", lines)
+
+
+def _summary(capsys):
+    """The JSON line that `reproduce prepare` printed last."""
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _prepared(capsys, manifest, cache):
+    """`reproduce prepare` at 0.6 um/px without a progress bar: succeeds; returns its summary."""
+    assert main(["prepare", "--manifest", manifest, "--out", cache, "--target-mpp", "0.6",
+                 "--no-progress"]) == 0
+    return _summary(capsys)
 
 
 def test_cache_equals_direct_reads_and_rerun_skips(tmp_path, capsys):
     manifest = _cohort(tmp_path)
     cache = str(tmp_path / "cache")
-    assert main(["prepare", "--manifest", manifest, "--out", cache, "--target-mpp", "0.6",
-                 "--no-progress"]) == 0
+    summary = _prepared(capsys, manifest, cache)
     index = load_index(cache)
     assert list(index["slide_id"]) == ["s0", "s1", "s2", "n0"]
     for col in ("size_category", "level", "annotation", "cache_file", "height", "width", "mpp",
@@ -58,13 +67,10 @@ def test_cache_equals_direct_reads_and_rerun_skips(tmp_path, capsys):
         assert np.array_equal(image, want)  # PNG is lossless: exact
     assert np.array_equal(read_cached(cache, "s1"), read_slide(str(tmp_path / "s1.svs"), 0.6))
     assert list(load_index(cache, split="train")["slide_id"]) == ["s0", "n0"]
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["cached"] == 4 and summary["level0_megapixels_per_s"] > 0
 
     mtimes = {f: os.stat(f).st_mtime_ns for f in index["cache_file"]}
-    assert main(["prepare", "--manifest", manifest, "--out", cache, "--target-mpp", "0.6",
-                 "--no-progress"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = _prepared(capsys, manifest, cache)
     assert (summary["cached"], summary["skipped"]) == (0, 4)
     assert all(os.stat(f).st_mtime_ns == t for f, t in mtimes.items())
     # a damaged cache file is found by its size check and redone
@@ -74,16 +80,12 @@ def test_cache_equals_direct_reads_and_rerun_skips(tmp_path, capsys):
         f.write(b"\x00\x00\x00\x07")
     with pytest.raises(CacheError):
         read_cached(cache, "s0")
-    assert main(["prepare", "--manifest", manifest, "--out", cache, "--target-mpp", "0.6",
-                 "--no-progress"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = _prepared(capsys, manifest, cache)
     assert (summary["cached"], summary["skipped"]) == (1, 3)
     assert np.array_equal(read_cached(cache, "s0"), read_slide(str(tmp_path / "s0.svs"), 0.6))
     # a slide rewritten under the same path (a regenerated cohort) is read again, with its node
     aperio_tiff(tmp_path / "s0.svs", pyramid(tissue(600, 720, seed=99), 2), mpp=0.25)
-    assert main(["prepare", "--manifest", manifest, "--out", cache, "--target-mpp", "0.6",
-                 "--no-progress"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = _prepared(capsys, manifest, cache)
     assert (summary["cached"], summary["skipped"]) == (2, 2)
     assert np.array_equal(read_cached(cache, "s0"), read_slide(str(tmp_path / "s0.svs"), 0.6))
 
@@ -117,8 +119,7 @@ def _slow_cohort(folder, n):
         if i:
             shutil.copyfile(str(folder / "big0.svs"), str(folder / "big{}.svs".format(i)))
         lines.append("big{0},big{0}.svs,{1},train".format(i, i % 2))
-    (folder / "m.csv").write_text("\n".join(lines) + "\n")
-    return str(folder / "m.csv")
+    return write_lines(folder / "m.csv", lines)
 
 
 def test_kill_9_mid_run_then_resume(tmp_path):
@@ -180,10 +181,6 @@ def test_two_mpi_ranks(tmp_path):
             assert np.array_equal(read_cached(str(cache), row), read_slide(row["path"], 0.6))
     node = crop_node(str(tmp_path / "s0.svs"), str(tmp_path / "node.geojson"), 0.6)
     assert np.array_equal(read_cached(str(cache), "n0"), node)
-
-
-def _summary(capsys):
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_resample_filter_is_recorded_and_a_change_reprepares(tmp_path, capsys):

@@ -1,9 +1,9 @@
-"""The reviewer's report (`reproduce report`, stats/report.py): one self-contained HTML file.
+"""The reviewer's report (`reproduce report`, report/page.py): one self-contained HTML file.
 
 The run folder is built from the real stages that need no training: ``reproduce table`` on
 seeded predictions with a training log (table.csv, table.md, every figure), ``model.cam.export``
 for each predicted row (the overlays ``predict --cam`` writes), the demo's own stamps
-(``reproduce.demo.Runner``) and a copy of the demo config. The checks: every embedded image
+(``report.run.Runner``) and a copy of the demo config. The checks: every embedded image
 decodes, nothing is fetched from anywhere, the numbers shown are table.csv's, the gallery is
 complete and sorted, the provenance is this checkout's; and headless Chromium renders the page
 with the table's text and a decoded CAM. The browser test does not skip: CI installs Chromium
@@ -93,7 +93,7 @@ def _make_run(base, seed=11):
     """A run folder as the demo leaves it, from the real table, CAM export and stamp code."""
     import pandas as pd
     from model.cam import export
-    from reproduce.demo import Runner
+    from report.run import Runner
     rng = np.random.RandomState(seed)
     run = os.path.join(base, "run")
     cohort = os.path.join(run, "cohort")
@@ -301,7 +301,7 @@ def test_the_provenance_is_this_checkout_and_these_inputs(report):
 def test_own_cohort_title_and_rows_beyond_the_papers_layout(report, tmp_path):
     """Without the synthetic generator's cohort.json the title names the user's manifest; a row
     group and a column the report does not know (another stage's) are shown from the CSV."""
-    from stats import report as rep
+    from report import page as rep
     run = tmp_path / "run"
     shutil.copytree(os.path.join(report["run"], "table"), str(run / "table"))
     manifest = tmp_path / "mine.csv"
@@ -353,7 +353,7 @@ def test_chromium_renders_the_table_and_a_cam(report, tmp_path):
     text, and a CAM thumbnail decoded to its embedded size and laid out on the page. A probe
     script added to a copy of the report reads what the browser computed."""
     from PIL import Image
-    from stats import browser
+    from report import browser
     try:
         browser.find_chromium()
     except browser.BrowserError as e:

@@ -1,18 +1,22 @@
 """`python -m reproduce selfcheck` as a user runs it: JSON out, exit 0 when streaming matches the
-whole image, 1 when it does not (a margin below the receptive-field radius), 2 on bad input."""
+whole image, 1 when it does not (a margin below the receptive-field radius), 2 on bad input; and
+its float64 reference (really float64, equal to float32 within float32's precision) and the rule
+that judges streaming's error by the float32 whole image's own error against it."""
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from tests.conftest import reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def selfcheck(*args):
-    return subprocess.run([sys.executable, "-m", "reproduce", "selfcheck"] + list(args), cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    return reproduce("selfcheck", *args)
 
 
 def last_json(text):
@@ -76,6 +80,7 @@ def test_passes_non_square_not_multiple_of_32_with_trained_head(started):
     assert result["logit_rel_error"] <= 1e-5 and result["cam_rel_error"] <= 1e-5
     assert result["gradient_max_rel_error"] <= 1e-4
     assert result["gradient_tensors"] == 108       # 106 backbone (BN frozen) + dense kernel, bias
+    assert_judged_against_float64(result, passed=True)
 
 
 def test_exits_1_when_margin_is_too_small(started):
@@ -84,6 +89,7 @@ def test_exits_1_when_margin_is_too_small(started):
     result = last_json(done.stdout)
     assert not result["passed"] and result["margin"] == 64
     assert result["gradient_max_rel_error"] > 1e-4
+    assert_judged_against_float64(result, passed=False)
 
 
 def test_content_skips_the_fill_and_stays_exact(started):
@@ -97,6 +103,26 @@ def test_content_skips_the_fill_and_stays_exact(started):
     assert 0 <= top < bottom <= 1217 and 0 <= left < right <= 893
     # off centre
     assert abs((top + bottom) / 2 - 608.5) > 50 or abs((left + right) / 2 - 446.5) > 50
+    assert_judged_against_float64(result, passed=True)
+
+
+def assert_judged_against_float64(result, passed):
+    """The JSON's float64 block: both sides' errors, the stated rule, and a verdict that follows
+    from the limiting tensor's ratio."""
+    block, rule = result["against_float64"], result["criterion"]
+    assert rule["factor"] == 4.0 and rule["floor"] == 1e-6 and rule["reference"].startswith(
+        "float64")
+    for side in ("streaming", "whole_float32"):
+        assert set(block[side]) == {"logit_rel_error", "loss_rel_error", "cam_rel_error",
+                                    "gradient_max_rel_error", "gradient_worst_tensor"}
+    # float32's own error against float64 is float32 rounding: small, but not 0 on every tensor
+    assert 0 < block["whole_float32"]["gradient_max_rel_error"] < 1e-3
+    limiting = block["limiting"]
+    assert limiting["allowed"] == pytest.approx(4.0 * limiting["whole_float32"] + 1e-6)
+    assert limiting["ratio"] == pytest.approx(limiting["streaming"] / limiting["allowed"])
+    assert result["passed"] is passed and (limiting["ratio"] <= 1.0) is passed
+    if not passed:      # an inexact margin is far outside float32's rounding, not near it
+        assert limiting["ratio"] > 100
 
 
 @pytest.mark.parametrize("args", [["--tile", "33"], ["--size", "0"], ["--content", "12"],
@@ -105,3 +131,103 @@ def test_bad_input_is_one_line(args):
     done = selfcheck(*args)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.strip().startswith("error:")
+
+
+# In-process: the float64 copy and the rule, on a small image (seconds).
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A float32 model with random frozen BN and a random head, its float64 copy, a 70 x 600 px
+    image, and the float32 and float64 whole-image results on it, by tensor name."""
+    tf = pytest.importorskip("tensorflow")
+    tf.compat.v1.enable_v2_behavior()
+    from model import selfcheck
+    from model.resnet import build_model
+    tf.compat.v1.set_random_seed(0)
+    model = build_model("none")
+    selfcheck.perturb_batchnorm(model, seed=0)
+    image = selfcheck.synthetic_tissue(70, 600, seed=5)
+    selfcheck.set_random_head(model, image, seed=0)
+    copy = selfcheck.Float64Copy(model)
+    names = [v.name for v in model.trainable_variables]
+    results = dict(float32=selfcheck.whole_image(model, image, 1.0),
+                   float64=selfcheck.whole_image_float64(copy, image, 1.0),
+                   float64_one_tape=selfcheck.whole_image(copy, image, 1.0))
+    tensors = {kind: selfcheck.named_tensors(results[kind], names)
+               for kind in ("float32", "float64")}
+    return dict(tf=tf, selfcheck=selfcheck, model=model, copy=copy, image=image,
+                results=results, tensors=tensors, names=names)
+
+
+def test_float64_copy_holds_and_computes_float64(tiny):
+    tf, copy = tiny["tf"], tiny["copy"]
+    assert {v.dtype for v in copy.base.variables + copy.head.variables} == {tf.float64}
+    assert len(copy.trainable_variables) == len(tiny["model"].trainable_variables) == 108
+    batchnorms = [layer for layer in copy.base.layers
+                  if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    assert len(batchnorms) == 53 and not any(bn.trainable or bn.fused for bn in batchnorms)
+    features = copy.backbone(tf.constant(tiny["image"][None], tf.float32))
+    assert features.dtype == tf.float64
+    results = tiny["results"]["float64"]
+    assert all(g.dtype == np.float64 for g in results["grads"])
+    assert results["cam"].dtype == np.float64
+    # every op of the traced network outputs float64 (no float32 step hidden inside a layer)
+    traced = tf.function(lambda x: copy.base(x, training=False))
+    concrete = traced.get_concrete_function(tf.TensorSpec([1, 64, 96, 3], tf.float64))
+    kinds = {t.dtype for op in concrete.graph.get_operations() for t in op.outputs}
+    assert tf.float64 in kinds and not kinds & {tf.float32, tf.float16, tf.bfloat16}
+
+
+def test_float64_block_by_block_equals_one_tape(tiny):
+    """The reference's block-wise backward (each block rerun from its stored input) computes
+    the whole-image gradient of one tape over the whole network, to float64 rounding."""
+    relative = tiny["selfcheck"].relative_errors(
+        tiny["selfcheck"].named_tensors(tiny["results"]["float64_one_tape"], tiny["names"]),
+        tiny["tensors"]["float64"])
+    assert max(relative.values()) <= 1e-12
+    assert len(tiny["copy"].segments) == 17       # the stem and 16 residual blocks
+    assert sum(len(s.variables) for s in tiny["copy"].segments) == 106
+
+
+def test_float64_agrees_with_float32_within_its_precision(tiny):
+    """Same weights and frozen statistics (random BN: batch statistics would be far off); the
+    only difference is float32 rounding, so ~1e-7 to 1e-6, and not exactly 0. (A ReLU input
+    that rounding moves across 0 would change a gradient by one position's whole share: the
+    image is one where none does, as for most.)"""
+    relative = tiny["selfcheck"].relative_errors(tiny["tensors"]["float32"],
+                                                 tiny["tensors"]["float64"])
+    assert max(relative.values()) <= 1e-5
+    assert max(relative[k] for k in ("logit", "loss", "cam")) <= 1e-6
+    assert max(relative.values()) > 0
+
+
+def test_judge_passes_within_the_factor_and_fails_far_outside(tiny):
+    selfcheck = tiny["selfcheck"]
+    reference, float32 = tiny["tensors"]["float64"], tiny["tensors"]["float32"]
+    own = selfcheck.relative_errors(float32, reference)
+    from model.streaming import Streaming
+    streaming = Streaming(tiny["model"], tile=64)
+    ours = selfcheck.named_tensors(
+        selfcheck.streaming_results(streaming, tiny["image"], 1.0), tiny["names"])
+    verdict = selfcheck.judge(selfcheck.relative_errors(ours, reference), own)
+    assert verdict["passed"] and verdict["ratio"] <= 1.0
+    # one gradient entry moved by 1% of the tensor's largest entry: far outside, and named
+    name = tiny["names"][40]
+    moved = dict(ours)
+    moved[name] = ours[name].copy()
+    moved[name].flat[0] += 0.01 * np.max(np.abs(reference[name]))
+    verdict = selfcheck.judge(selfcheck.relative_errors(moved, reference), own)
+    assert not verdict["passed"] and verdict["tensor"] == name and verdict["ratio"] > 100
+
+
+def test_judge_factor_and_floor():
+    from model.selfcheck import judge
+    float32 = {"logit": 0.0, "loss": 2e-7, "cam": 1e-7, "g": 1e-5}
+    assert judge({"logit": 9e-7, "loss": 1e-6, "cam": 1e-7, "g": 3.9e-5}, float32)["passed"]
+    # the floor alone: float32 exact on the logit, streaming 2e-6 off
+    verdict = judge({"logit": 2e-6, "loss": 0.0, "cam": 0.0, "g": 0.0}, float32)
+    assert not verdict["passed"] and verdict["tensor"] == "logit"
+    # the factor: 4.2x float32's own error on g
+    verdict = judge({"logit": 0.0, "loss": 0.0, "cam": 0.0, "g": 4.2e-5}, float32)
+    assert not verdict["passed"] and verdict["tensor"] == "g"
+    assert verdict["allowed"] == pytest.approx(4e-5 + 1e-6)

@@ -5,6 +5,7 @@ The GPU is a fake ``nvidia-smi`` on PATH that answers the memory query the code 
 (memory.total in MiB per ``-i`` index); host RAM is the real psutil figure.
 """
 import json
+import math
 import os
 import stat
 import subprocess
@@ -16,7 +17,8 @@ import yaml
 
 from model import strategy
 from model.config import ConfigError, load_config
-from model.streaming import MARGIN, tile_for_memory
+from model.resnet import MARGIN, OUTPUT_STRIDE
+from model.strategy import tile_for_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = os.path.join(ROOT, "configs", "paper.yaml")
@@ -71,23 +73,16 @@ def _write(tmp_path, train, canvas=21500, name="c.yaml"):
     return path
 
 
-@pytest.fixture(scope="module")
-def model():
-    import tensorflow as tf
-    tf.compat.v1.enable_v2_behavior()
-    from model.resnet import build_model
-    return build_model("none")
-
-
-def test_paper_config_streams_on_a_gpu_with_a_tile_from_its_memory(fake_gpu, model):
+def test_paper_config_streams_on_a_gpu_with_a_tile_from_its_memory(fake_gpu, tiny_model):
     cfg = load_config(PAPER, world_size=8)
     t, d = cfg["train"], cfg["data"]
     assert t["tile"] is None and t["memory_gb"] is None     # one default: from memory
     assert strategy.resolve(t["strategy"]) == "streaming"
     lines = []
-    made = strategy.make_strategy(t["strategy"], model, tile=t["tile"], memory_gb=t["memory_gb"],
-                                  canvas=d["canvas"], mpp=d["target_mpp"], log=lines.append,
-                                  rank_on_node=0, ranks_on_node=8)
+    made = strategy.make_strategy(t["strategy"], tiny_model, tile=t["tile"],
+                                  memory_gb=t["memory_gb"], canvas=d["canvas"],
+                                  mpp=d["target_mpp"], log=lines.append, rank_on_node=0,
+                                  ranks_on_node=8)
     assert type(made).__name__ == "Streaming"
     expected = _gpu_tile(GPU_MIB["0"])
     assert made.tile == expected and expected % 32 == 0
@@ -116,9 +111,9 @@ def test_each_rank_reads_its_own_gpu(fake_gpu, monkeypatch):
     assert strategy.choose_tile(canvas=21500).tile == second.tile
 
 
-def test_prediction_prints_its_tile_too(fake_gpu, model, capfd):
+def test_prediction_prints_its_tile_too(fake_gpu, tiny_model, capfd):
     from model.inference import Predictor
-    predictor = Predictor(model, config=PAPER)
+    predictor = Predictor(tiny_model, config=PAPER)
     assert predictor.strategy.tile == _gpu_tile(GPU_MIB["0"], training=False)
     assert predictor.strategy.tile > _gpu_tile(GPU_MIB["0"])   # no backward pass to hold
     err = capfd.readouterr().err
@@ -222,3 +217,57 @@ def test_bench_plans_with_the_same_tile(fake_gpu):
                            "--tile", "1024", "--memory-gb", "12"], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert both.returncode == 2 and both.stderr.strip().startswith("error: --tile and --memory-gb")
+
+
+def test_tile_for_memory_grows_with_budget_and_refuses_too_little():
+    small, large = tile_for_memory(6), tile_for_memory(12)
+    assert small % 32 == 0 and large > small
+    assert tile_for_memory(12, training=False) > large
+    with pytest.raises(ValueError):
+        tile_for_memory(1.0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_one_memory_model_for_every_step(training):
+    """step_bytes is the formula that the tile and the whole-image check both use."""
+    per_pixel = strategy.bytes_per_pixel(training)
+    for pixels in (0, 2016 ** 2, float(21500) ** 2):
+        assert strategy.step_bytes(pixels, training) == strategy.BASE_BYTES + per_pixel * pixels
+    # the largest window that fits a budget, and one row of cells more that does not
+    tile = tile_for_memory(12, training=training)
+    assert strategy.step_bytes((tile + 2 * MARGIN) ** 2, training) <= 12e9
+    assert strategy.step_bytes((tile + OUTPUT_STRIDE + 2 * MARGIN) ** 2, training) > 12e9
+    # a canvas whose step needs more than the host's RAM is refused, one that fits is not
+    need = strategy.step_bytes(float(4096) ** 2, training)
+    strategy.check_memory("direct", 4096, training, host_ram=need, ranks=1)
+    with pytest.raises(strategy.StrategyError):
+        strategy.check_memory("direct", 4096, training, host_ram=need - 1, ranks=1)
+
+
+def test_levels_keep_their_maps():
+    """Today's streaming is one level and keeps no map; a split adds the maps it keeps (float32,
+    and their gradients when training) over the region grown by the next level's margin."""
+    from model.resnet import FEATURES
+    window = 2016 ** 2
+    single = strategy.Level(OUTPUT_STRIDE, FEATURES, MARGIN)
+    assert strategy.step_bytes(window, levels=[single]) == strategy.step_bytes(window)
+    first, rest = strategy.Level(8, 512, 32), strategy.Level(32, 2048, 224)
+    region = 8000 * 12000
+    side = region ** 0.5 + 2 * 224        # the region as a square, grown by the next margin
+    kept = 4 * 512 * math.ceil(side / 8) ** 2
+    assert strategy.step_bytes(window, True, [first, rest], region_px=region) == pytest.approx(
+        strategy.step_bytes(window) + 2 * kept)
+    assert strategy.step_bytes(window, False, [first, rest], region_px=region) == pytest.approx(
+        strategy.step_bytes(window, False) + kept)
+    # a stride-4 map of stage 2 plus its gradient, on a paper-sized slide: about 12 GB
+    stage2 = strategy.Level(4, 256, 17)
+    assert stage2.map_bytes(7900 * 12300) / 1e9 == pytest.approx(12.4, abs=0.1)
+
+
+def test_the_memory_model_loads_no_tensorflow():
+    code = ("import sys; from model import strategy; strategy.choose_tile(memory_gb=12); "
+            "strategy.check_memory('direct', 1024, host_ram=1e12); "
+            "print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

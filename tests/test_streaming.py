@@ -8,14 +8,15 @@ tf = pytest.importorskip("tensorflow")
 tf.compat.v1.enable_v2_behavior()
 
 from model import streaming  # noqa: E402
-from model.resnet import OUTPUT_STRIDE, build_model  # noqa: E402
-from reproduce import selfcheck  # noqa: E402
+from model import selfcheck  # noqa: E402
+from model.resnet import MARGIN, OUTPUT_STRIDE  # noqa: E402
+from tests.conftest import perturbed_model  # noqa: E402
 
 
 @pytest.mark.parametrize("length", [1, 31, 97, 320, 450, 517, 545, 1105, 4096, 8192, 21500])
 @pytest.mark.parametrize("tile", [32, 64, 160, 1792])
 def test_plan_axis_partitions_the_grid_with_exact_margins(length, tile):
-    margin = streaming.MARGIN
+    margin = MARGIN
     spans = streaming.plan_axis(length, tile, margin)
     cells = streaming.output_cells(length)
     assert cells == -(-length // 32)
@@ -44,22 +45,9 @@ def test_plan_uses_the_fewest_tiles_and_reports_the_overlap():
     assert streaming.computed_pixel_ratio(4096, 4096, 1792) == pytest.approx((4608 / 4096.) ** 2)
 
 
-def test_tile_for_memory_grows_with_budget_and_refuses_too_little():
-    small, large = streaming.tile_for_memory(6), streaming.tile_for_memory(12)
-    assert small % 32 == 0 and large > small
-    assert streaming.tile_for_memory(12, training=False) > large
-    with pytest.raises(ValueError):
-        streaming.tile_for_memory(1.0)
-
-
 @pytest.fixture(scope="module")
 def model():
-    tf.compat.v1.set_random_seed(0)
-    m = build_model("none")
-    selfcheck.perturb_batchnorm(m, seed=0)
-    image = selfcheck.synthetic_tissue(97, 1105, seed=0)
-    selfcheck.set_random_head(m, image, seed=0)
-    return m
+    return perturbed_model(selfcheck.synthetic_tissue(97, 1105, seed=0))
 
 
 def test_feature_grid_is_ceil_of_size_over_32(model):
@@ -73,6 +61,8 @@ def test_refuses_inexact_margin_and_bad_images(model):
         streaming.Streaming(model, tile=64, margin=224)
     with pytest.raises(ValueError):
         streaming.Streaming(model, tile=48)
+    with pytest.raises(TypeError):      # the tile is chosen by model.strategy, and given
+        streaming.Streaming(model)
     s = streaming.Streaming(model, tile=64)
     with pytest.raises(ValueError):
         s.predict(np.zeros((64, 64, 3), np.float32))
@@ -92,14 +82,21 @@ def test_streaming_equals_whole_image(model, height, width):
     loss, probability, grads = s.gradients(image, 1.0)
 
     assert predicted["cam"].shape == (-(-height // 32), -(-width // 32))
+    _assert_equal_to_whole(model, predicted, loss, grads, reference)
+    assert probability == pytest.approx(1 / (1 + np.exp(-reference["logit"])), rel=1e-5)
+    assert len(grads) == len(model.trainable_variables)
+    for g, v in zip(grads, model.trainable_variables):
+        assert tuple(g.shape) == tuple(v.shape)
+
+
+def _assert_equal_to_whole(model, predicted, loss, grads, reference):
+    """Streaming's prediction and gradients against the whole image's (``reference``): logit,
+    CAM and loss within 1e-5 relative, the CAM's mean the logit, every gradient within 1e-4."""
     assert selfcheck.relative_error(predicted["logit"], reference["logit"]) <= 1e-5
     assert selfcheck.relative_error(predicted["cam"], reference["cam"]) <= 1e-5
     assert predicted["cam"].mean() == pytest.approx(predicted["logit"], rel=1e-5)
     assert selfcheck.relative_error(loss, reference["loss"]) <= 1e-5
-    assert probability == pytest.approx(1 / (1 + np.exp(-reference["logit"])), rel=1e-5)
-    assert len(grads) == len(model.trainable_variables)
     for g, r, v in zip(grads, reference["grads"], model.trainable_variables):
-        assert tuple(g.shape) == tuple(v.shape)
         assert selfcheck.relative_error(g.numpy(), r) <= 1e-4, v.name
 
 
@@ -158,12 +155,7 @@ def test_skipping_uniform_cells_equals_the_whole_image(model):
     reference = selfcheck.whole_image(model, canvas.dense(), 0.0)
     predicted = s.predict(canvas, cam=True)
     loss, probability, grads = s.gradients(canvas.as_element(), 0.0)   # the pipeline's form
-    assert selfcheck.relative_error(predicted["logit"], reference["logit"]) <= 1e-5
-    assert selfcheck.relative_error(predicted["cam"], reference["cam"]) <= 1e-5
-    assert predicted["cam"].mean() == pytest.approx(predicted["logit"], rel=1e-5)
-    assert selfcheck.relative_error(loss, reference["loss"]) <= 1e-5
-    for g, r, v in zip(grads, reference["grads"], model.trainable_variables):
-        assert selfcheck.relative_error(g.numpy(), r) <= 1e-4, v.name
+    _assert_equal_to_whole(model, predicted, loss, grads, reference)
     # the proxy's cells really differ at the edges: a single interior value would be wrong
     proxy_cam = predicted["cam"][:3, -3:]
     assert np.ptp(proxy_cam) > 1e-3

@@ -13,6 +13,7 @@ import pytest
 openslide = pytest.importorskip("openslide")
 
 from data import synth  # noqa: E402
+from tests.conftest import check_synthetic_folder, open_aperio  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPP = 2.0
@@ -30,10 +31,7 @@ def cohort(tmp_path_factory):
 def test_slides_open_as_aperio_with_mpp_levels_and_physical_size(cohort):
     out, manifest = cohort
     for path in manifest.loc[manifest["level"] == "slide", "path"]:
-        s = openslide.OpenSlide(os.path.join(out, path))
-        assert s.properties["openslide.vendor"] == "aperio"
-        assert float(s.properties["openslide.mpp-x"]) == MPP
-        assert float(s.properties["openslide.mpp-y"]) == MPP
+        s = open_aperio(os.path.join(out, path), MPP)
         w0, h0 = s.level_dimensions[0]
         # physical extent within one pixel of what was asked
         assert abs(w0 * MPP - WIDTH_MM * 1000) <= MPP and abs(h0 * MPP - HEIGHT_MM * 1000) <= MPP
@@ -105,13 +103,7 @@ def test_manifest_is_complete_balanced_and_valid(cohort):
     for sid in test_slides["slide_id"]:
         mine = nodes[nodes["slide_id"].str.startswith(sid + "-node")]
         assert int(mine["label"].sum()) == int(slides.set_index("slide_id").loc[sid, "label"])
-    with open(os.path.join(out, "README.txt")) as f:
-        assert "SYNTHETIC" in f.read()
-    try:
-        from data.manifest import load_manifest, validate
-    except ImportError:
-        return
-    assert validate(load_manifest(os.path.join(out, "manifest.csv")), out) == []
+    check_synthetic_folder(out)
 
 
 def test_same_seed_same_slide_other_seed_other_slide():

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 import stats
 from reproduce.__main__ import main
-from reproduce.table import load_paper_values, paper_ci_check
+from stats.table import load_paper_values, paper_ci_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,6 +107,23 @@ def test_paper_values_file_holds_the_papers_numbers():
     assert matching == ["Wald"]
     assert len(lines) == 2 and all("Wald" in s and "(matches)" in s.split("Wilson")[0]
                                    for s in lines)
+
+
+def test_paper_split_counts_are_not_table_rows():
+    """The paper's per-split slide counts (Datasets) are kept beside its values, out of the
+    table: no row of level 'split' reaches the table or the CI check."""
+    from stats.table import load_paper_splits
+    assert load_paper_splits() == {"train": (973, 990, 1963), "val": (116, 103, 219),
+                                   "test": (500, 500, 1000)}
+    paper = load_paper_values()
+    assert not any(level == "split" for level, _ in paper)
+    assert load_paper_splits()["test"][2] == paper[("slide", "overall")]["n"]
+
+
+def test_table_errors_are_input_errors_not_value_errors():
+    from data.errors import InputError
+    from stats.table import TableError
+    assert issubclass(TableError, InputError) and not issubclass(TableError, ValueError)
 
 
 def test_empty_subgroup_skipped_and_one_class_chemo(tmp_path):

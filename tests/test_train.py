@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from model.loss import bce
-from model.training import new_state, schedule_step
 from tests.mpi import mpi_env, mpirun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,38 +76,6 @@ def checkpoint_arrays(path):
 
 # ------------------------------------------------------------------------ pure pieces
 
-def test_schedule_reduces_then_stops():
-    cfg = {"train": {"learning_rate": 1e-5, "seed": 0, "batch_size": 8}}
-    s = new_state(cfg, 2)
-    lrs = []
-    for loss in [1.0, 0.9, 0.95, 0.96, 0.97, 0.85, 0.9, 0.91]:
-        assert not s["done"]
-        schedule_step(s, loss, patience=2, reduced_learning_rate=1e-6)
-        lrs.append(s["learning_rate"])
-    # epochs 3,4 no better than 0.9 -> lr drops after epoch 4; epoch 6 improves; 7, 8 do not.
-    assert lrs == [1e-5, 1e-5, 1e-5, 1e-6, 1e-6, 1e-6, 1e-6, 1e-6]
-    assert s["done"] and s["best_val_loss"] == 0.85 and s["best_epoch"] == 5 and s["epoch"] == 8
-    capped = new_state(cfg, 1)
-    schedule_step(capped, 1.0, patience=5, reduced_learning_rate=1e-6, max_epochs=1)
-    assert capped["done"]
-
-
-def test_schedule_min_delta_and_rollback_rule():
-    """on_plateau rollback counts an epoch as better only below best - 1e-4 (keep: any lower)."""
-    from model.training import ROLLBACK_MIN_DELTA
-    cfg = {"train": {"learning_rate": 1e-5, "seed": 0, "batch_size": 8}}
-    keep, roll = new_state(cfg, 1), new_state(cfg, 1)
-    for loss in (0.5, 0.49995, 0.49990):
-        schedule_step(keep, loss, patience=2, reduced_learning_rate=1e-6)
-        schedule_step(roll, loss, patience=2, reduced_learning_rate=1e-6,
-                      min_delta=ROLLBACK_MIN_DELTA)
-    # keep: every epoch lower -> best is the last; rollback: 5e-5 steps are no improvement.
-    assert keep["best_epoch"] == 2 and keep["phase"] == 0 and keep["bad_epochs"] == 0
-    assert roll["best_epoch"] == 0 and roll["best_val_loss"] == 0.5
-    assert roll["phase"] == 1 and roll["learning_rate"] == 1e-6 and roll["bad_epochs"] == 0
-    assert ROLLBACK_MIN_DELTA == 1e-4
-
-
 def test_mpi_launcher_detection():
     """One reading of the launchers' variables (data.mpi) for train and prepare alike."""
     from data import mpi
@@ -162,13 +129,20 @@ else:
     while not os.path.isfile(weights) and time.time() < deadline:
         time.sleep(0.2)
     checkpoint.restore(weights, model)
-images = [np.random.RandomState(s).randint(0, 256, (64, 96, 3)).astype(np.uint8) for s in (10, 11)]
-slides = list(zip(images, [1.0, 0.0]))
+images = [np.random.RandomState(s).randint(0, 256, (64, 96, 3)).astype(np.uint8)
+          for s in (10, 11, 12, 13)]
+slides = list(zip(images, [1.0, 0.0, 0.0, 1.0]))
+# Equal shares: a batch of 2, one slide per rank. Unequal shares (a balanced assignment): a
+# batch of 4, rank 0 one slide, rank 1 three.
+equal, unequal = slides[:2], slides
 if hvd.size() > 1:
-    slides = [slides[hvd.rank()]]
-grads, sums = batch_gradients(Direct(model), slides, collective)
+    equal = [equal[hvd.rank()]]
+    unequal = [unequal[0]] if hvd.rank() == 0 else unequal[1:]
+grads, sums = batch_gradients(Direct(model), equal, collective, batch_size=2)
+balanced, _ = batch_gradients(Direct(model), unequal, collective, batch_size=4)
 if hvd.rank() == 0:
     np.savez(out, *[g.numpy() for g in grads])
+    np.savez(out.replace(".npz", "_unequal.npz"), *[g.numpy() for g in balanced])
 """
 
 
@@ -200,6 +174,15 @@ def test_two_rank_gradients_equal_one_rank_batch_of_two(tmp_path):
     # Stated tolerance: 1e-5 of each tensor's largest gradient (float32 sums in another order).
     print("worst relative difference", worst)
     assert worst < 1e-5, worst
+    # Ranks holding unequal counts (1 and 3 slides of a batch of 4): each contributes its sum /
+    # 4, the ranks' parts are summed, and the update equals the one-rank mean over the 4 slides.
+    with np.load(str(tmp_path / "two_unequal.npz")) as a, \
+            np.load(str(tmp_path / "one_unequal.npz")) as b:
+        assert len(a.files) == len(b.files) == 108
+        worst = max(float(np.abs(a[k] - b[k]).max()) / max(float(np.abs(b[k]).max()), 1e-12)
+                    for k in a.files)
+    print("unequal shares: worst relative difference", worst)
+    assert worst < 1e-5, worst
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +201,10 @@ def test_train_kill9_resume_equals_uninterrupted(cohort):
     assert [int(r["epoch"]) for r in log] == [1, 2]
     for r in log:
         assert set(r) == {"epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy",
-                          "learning_rate", "seconds"}
+                          "learning_rate", "seconds", "slowest_rank_seconds",
+                          "mean_rank_seconds", "straggler_share"}
+        assert 0.0 <= float(r["straggler_share"]) < 1.0
+        assert float(r["slowest_rank_seconds"]) >= float(r["mean_rank_seconds"]) > 0.0
     # The loss goes down on the easy cohort.
     assert float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
     assert float(log[-1]["val_loss"]) < float(log[0]["val_loss"])

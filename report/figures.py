@@ -5,7 +5,8 @@ no ``matplotlib.use``, so a notebook's backend stays what its user chose (only t
 ``reproduce.__main__``, selects a backend).
 
     fig1a / fig1b   learning curves: loss / accuracy per epoch (train and validation), from the
-                    training log CSV (epoch, train_loss, val_loss, train_accuracy, val_accuracy)
+                    training log CSV (epoch, train_loss, val_loss, train_accuracy, val_accuracy);
+                    a marker at each epoch, so that a run of one epoch shows its points
     fig1c / fig1d   ROC, slide level / single-lymph-node level
     fig2a-c, d-f    slide level: macro, micro, ITC; classical, mucinous, signet/poorly
     fig3a-c, d-f    node level, likewise
@@ -21,6 +22,9 @@ import numpy as np
 from data.errors import InputError
 from data.files import atomic_path
 from data.manifest import POSITIVE_SIZES, SUBTYPES
+from stats.delong import auc_ci
+from stats.roc import roc_curve
+from stats.table import read_csv_file
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy")
 _TITLES = {"overall": "all", "macro": "macrometastasis", "micro": "micrometastasis",
@@ -53,12 +57,7 @@ def _figure(figsize):
 def load_log(path):
     """Reads and checks the training log CSV; returns a DataFrame sorted by epoch."""
     import pandas as pd
-    if not os.path.isfile(path):
-        raise LogError("log {}: no such file".format(path))
-    try:
-        log = pd.read_csv(path)
-    except Exception as e:
-        raise LogError("log {}: cannot read as CSV ({})".format(path, str(e).splitlines()[0]))
+    log = read_csv_file(path, "log", LogError)
     for col in LOG_COLUMNS:
         if col not in log.columns:
             raise LogError("log {}: missing column '{}' (have: {})".format(
@@ -78,9 +77,8 @@ def load_log(path):
 
 
 def _draw_roc(ax, level, group, y, p):
-    import stats
-    fpr, tpr = stats.roc_curve(y, p)[:2]
-    ci = stats.auc_ci(y, p)
+    fpr, tpr = roc_curve(y, p)[:2]
+    ci = auc_ci(y, p)
     label = "AUC {:.4f}".format(ci.auc)
     if np.isfinite(ci.lower):
         label += " (95% CI {:.4f}-{:.4f})".format(ci.lower, ci.upper)
@@ -100,8 +98,10 @@ def _draw_roc(ax, level, group, y, p):
 
 
 def _draw_curve(ax, log, what):
-    for split, style in (("train", "-"), ("val", "--")):
-        ax.plot(log["epoch"], log["{}_{}".format(split, what)], style,
+    """One learning curve per split, with a marker at each epoch: a run of one epoch is a point,
+    which a line alone would not show."""
+    for split, style in (("train", "o-"), ("val", "s--")):
+        ax.plot(log["epoch"], log["{}_{}".format(split, what)], style, markersize=4,
                 label="training" if split == "train" else "validation")
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Loss (binary cross-entropy)" if what == "loss" else "Accuracy")

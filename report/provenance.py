@@ -1,6 +1,6 @@
 """What a reader needs to trust a run: which code, which packages, which inputs, which machine.
 
-``collect`` gathers it as a plain dict (JSON-serialisable) for ``stats.report``:
+``collect`` gathers it as a plain dict (JSON-serialisable) for ``report.page``:
 
     git        commit, dirty flag (uncommitted changes to tracked files or untracked files)
     packages   every ``name==version`` pin of requirements.txt beside the installed version
@@ -12,7 +12,6 @@
 Nothing here raises on a missing tool or file: a field the machine cannot answer says so
 ("not a git checkout", "no nvidia-smi"), since a report without one field is still useful.
 """
-import json
 import os
 import platform
 import re
@@ -21,6 +20,7 @@ import subprocess
 import sys
 
 from data.files import sha256_file
+from report.stages import STAGES, STAMPS, read_stamp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIREMENTS = os.path.join(ROOT, "requirements.txt")
@@ -34,8 +34,6 @@ def _run(cmd, cwd=None, timeout=20):
     except (OSError, subprocess.TimeoutExpired):
         return None
     return p.stdout.strip() if p.returncode == 0 else None
-
-
 
 
 def git_state(root=ROOT):
@@ -116,23 +114,15 @@ def machine():
             "host": platform.node()}
 
 
-def stage_timings(run_dir, order=()):
+def stage_timings(run_dir, order=STAGES):
     """[(stage, seconds, finished, peak RSS GB or None)] from RUN/.stamps/*.json, in ``order``
-    then by name."""
-    folder = os.path.join(run_dir, ".stamps")
-    if not os.path.isdir(folder):
-        return []
-    rows = {}
-    for name in os.listdir(folder):
-        if not name.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(folder, name)) as f:
-                stamp = json.load(f)
-        except (OSError, ValueError):
-            continue
-        rows[name[:-5]] = (stamp.get("seconds"), stamp.get("finished"),
-                           stamp.get("peak_rss_gb"))
+    (a run's stages, ``report.stages.STAGES``) then by name."""
+    folder = os.path.join(run_dir, STAMPS)
+    names = [n[:-5] for n in os.listdir(folder) if n.endswith(".json")] \
+        if os.path.isdir(folder) else []
+    stamps = {name: read_stamp(run_dir, name) for name in names}
+    rows = {name: (s.get("seconds"), s.get("finished"), s.get("peak_rss_gb"))
+            for name, s in stamps.items() if s is not None}
     rank = {s: i for i, s in enumerate(order)}
     return [(s,) + rows[s] for s in sorted(rows, key=lambda s: (rank.get(s, len(rank)), s))]
 
@@ -145,7 +135,7 @@ def read_text(path):
         return None
 
 
-def collect(run_dir, config=None, manifest=None, stages=(), requirements=REQUIREMENTS):
+def collect(run_dir, config=None, manifest=None, stages=STAGES, requirements=REQUIREMENTS):
     """The provenance of the run in ``run_dir`` (see the module's docstring)."""
     man = None
     if manifest:

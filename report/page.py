@@ -14,6 +14,8 @@ The table's numbers are rendered from table.csv (each value in a ``<span data-co
 a test can compare them with the CSV); every column and level the CSV holds is shown, including
 ones this module does not know, so rows another stage adds appear without a change here.
 Thumbnails of the CAM overlays link to the full-size overlays, shown in-page with CSS ``:target``.
+The table's column schema and its group and level names are ``stats.table``'s, the order of a
+run's stages ``report.stages``'.
 """
 import base64
 import csv
@@ -27,15 +29,13 @@ import time
 
 from data.errors import InputError
 from data.files import atomic_write_text
-from stats import provenance
+from report import provenance
+from report.stages import STAGES
+from stats.table import GROUP_NAMES, LEVEL_NAMES, PAPER_COLUMNS
 
-# Columns of table.csv this module formats itself; any other column is appended as it comes.
-KNOWN_COLUMNS = {"level", "group", "n_pos", "n_neg", "auc", "auc_lower", "auc_upper",
-                 "auc_variance", "p_vs_dummy", "threshold", "accuracy_pct", "wilson_lower_pct",
-                 "wilson_upper_pct", "wald_lower_pct", "wald_upper_pct", "sensitivity_pct",
-                 "paper_auc", "paper_auc_lower", "paper_auc_upper", "auc_diff",
-                 "paper_accuracy_pct", "paper_accuracy_pct_lower", "paper_accuracy_pct_upper",
-                 "accuracy_diff_pct", "paper_note"}
+# Columns of table.csv this module formats itself (the paper's layout, ``stats.table``'s schema);
+# any other column is appended as it comes.
+KNOWN_COLUMNS = frozenset(PAPER_COLUMNS)
 # |difference| at which a difference cell reaches full colour: 0.1 of AUC, 10 points of accuracy
 DIFF_SCALE = {"auc_diff": 0.1, "accuracy_diff_pct": 10.0}
 FIGURE_CAPTIONS = {
@@ -208,11 +208,11 @@ def _is_paper_row(row):
     return _float(row.get("auc")) is not None or _float(row.get("accuracy_pct")) is not None
 
 
-def _level_name(level, level_names):
-    return level_names.get(level, level.capitalize())
+def _level_name(level):
+    return LEVEL_NAMES.get(level, level.capitalize())
 
 
-def _results_table(level, rows, extra, group_names):
+def _results_table(level, rows, extra):
     head = ["Group", "n+/n&minus;", "AUC [95% CI, DeLong]", "p vs dummy", "Paper AUC [95% CI]",
             "&Delta;AUC", "Accuracy %", "Wilson 95% CI", "Wald 95% CI", "Paper accuracy % [CI]",
             "&Delta;Acc (pp)", "Sensitivity %"]
@@ -222,7 +222,7 @@ def _results_table(level, rows, extra, group_names):
         "".join(_header(c) for c in extra))]
     for r in rows:
         note = r.get("paper_note") or ""
-        name = esc(group_names.get(r["group"], r["group"]))
+        name = esc(GROUP_NAMES.get(r["group"], r["group"]))
         if note:
             name = '<span title="{}">{}&nbsp;&dagger;</span>'.format(esc(note), name)
         cells = [
@@ -248,7 +248,7 @@ def _results_table(level, rows, extra, group_names):
     return "\n".join(out)
 
 
-def _other_table(group, rows, columns, level_names):
+def _other_table(group, rows, columns):
     """Rows outside the paper's layout (e.g. the CAM localisation line): every column that is
     filled in any of them, one row per level."""
     shown = [c for c in columns if c not in ("level", "group", "paper_note")
@@ -257,47 +257,43 @@ def _other_table(group, rows, columns, level_names):
         esc(group), "".join(_header(c) for c in shown))]
     for r in rows:
         out.append('<tr data-level="{}" data-group="{}"><td class="group">{}</td>{}</tr>'.format(
-            esc(r["level"]), esc(group), esc(_level_name(r["level"], level_names)),
+            esc(r["level"]), esc(group), esc(_level_name(r["level"])),
             "".join("<td>{}</td>".format(_generic(r, c)) for c in shown)))
     out.append("</table>")
     return "\n".join(out)
 
 
-def render_table(columns, rows, group_names=None, level_names=None):
+def _in_order(values):
+    """The distinct ``values`` in the order they first come."""
+    return list(dict.fromkeys(values))
+
+
+def render_table(columns, rows):
     """HTML of table.csv: the rows of the paper's layout as one table per level (in the CSV's
     order, with any further column filled in them), then each other group of rows (e.g. a
     localisation line) as a table of its filled columns."""
-    group_names, level_names = group_names or {}, level_names or {}
     paper_rows = [r for r in rows if _is_paper_row(r)]
     other_rows = [r for r in rows if not _is_paper_row(r)]
     out = []
-    levels = []
-    for r in paper_rows:
-        if r["level"] not in levels:
-            levels.append(r["level"])
-    for level in levels:
+    for level in _in_order(r["level"] for r in paper_rows):
         lr = [r for r in paper_rows if r["level"] == level]
         extra = [c for c in columns if c not in KNOWN_COLUMNS
                  and any((r.get(c) or "").strip() for r in lr)]
         thr = _float(lr[0].get("threshold"))
-        out.append("<h3>{}{}</h3>".format(esc(_level_name(level, level_names)),
+        out.append("<h3>{}{}</h3>".format(esc(_level_name(level)),
                                           " (threshold {:g})".format(thr) if thr is not None
                                           else ""))
         out.append('<div class="wide">{}</div>'.format(
-            _results_table(level, lr, extra, group_names)))
+            _results_table(level, lr, extra)))
     out.append('<p class="legend">&Delta; = reproduction minus paper: green above the paper, red '
                "below, stronger with the size of the difference (full at 0.1 of AUC or 10 "
                "points of accuracy); hover a difference to see whether the paper's value lies "
                "inside this run's 95% CI (AUC: DeLong; accuracy: Wilson). &dagger;: the paper's "
                "note on the row (hover).</p>")
-    groups = []
-    for r in other_rows:
-        if r["group"] not in groups:
-            groups.append(r["group"])
-    for group in groups:
-        out.append("<h3>{}</h3>".format(esc(group_names.get(group, group))))
+    for group in _in_order(r["group"] for r in other_rows):
+        out.append("<h3>{}</h3>".format(esc(GROUP_NAMES.get(group, group))))
         out.append('<div class="wide">{}</div>'.format(_other_table(
-            group, [r for r in other_rows if r["group"] == group], columns, level_names)))
+            group, [r for r in other_rows if r["group"] == group], columns)))
     return "\n".join(out)
 
 
@@ -472,22 +468,26 @@ def _gib(n):
     return "unknown" if not n else "{:.1f} GiB".format(n / float(1 << 30))
 
 
-def render_provenance(prov, command=None):
-    g, m = prov["git"], prov["machine"]
+def _code_section(git, command):
+    """The commit (and whether the checkout differs from it) and the report's command."""
     out = ["<h3>Code</h3><table class=\"kv\">"]
-    if g["commit"]:
+    if git["commit"]:
         state = ('<span class="bad">dirty</span> ({} changed path{})'.format(
-            g["changed"], "" if g["changed"] == 1 else "s") if g["dirty"] else "clean")
+            git["changed"], "" if git["changed"] == 1 else "s") if git["dirty"] else "clean")
         out.append("<tr><th>git commit</th><td><code>{}</code> ({})</td></tr>".format(
-            esc(g["commit"]), state))
+            esc(git["commit"]), state))
     else:
         out.append("<tr><th>git commit</th><td>not a git checkout</td></tr>")
     if command:
         out.append("<tr><th>report command</th><td><code>{}</code></td></tr>".format(
             esc(command)))
     out.append("</table>")
+    return out
 
-    out.append("<h3>Machine</h3><table class=\"kv\">")
+
+def _machine_section(m):
+    """CPU, cores, RAM, GPUs, OS, Python and host of the machine that wrote the report."""
+    out = ["<h3>Machine</h3><table class=\"kv\">"]
     gpu = m["gpus"]
     gpu_text = ("no nvidia-smi on this machine" if gpu is None else
                 "none found by nvidia-smi" if not gpu else "<br>".join(esc(x) for x in gpu))
@@ -498,139 +498,72 @@ def render_provenance(prov, command=None):
         out.append("<tr><th>{}</th><td class=\"group\">{}</td></tr>".format(key, value))
     out.append("</table><p class=\"legend\">The machine that wrote this report (the demo writes "
                "it right after its other stages, on the same machine).</p>")
+    return out
 
-    out.append("<h3>Stage timings</h3>")
-    timings = [t for t in prov["timings"] if t[0] != "report"]
-    if timings:
-        out.append('<table class="timings"><tr><th class="group">stage</th><th>seconds</th>'
-                   "<th>finished</th><th>peak RSS (GB, largest process)</th></tr>")
-        total = 0.0
-        for stage, seconds, finished, rss in timings:
-            total += seconds or 0.0
-            out.append('<tr><td class="group">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>'
-                       .format(esc(stage), "" if seconds is None else "{:.1f}".format(seconds),
-                               esc(finished or ""), "" if rss is None else "{:.2f}".format(rss)))
-        out.append('<tr><th class="group">total</th><th>{:.1f}</th><th></th><th></th></tr>'
-                   "</table>".format(total))
-        out.append('<p class="legend">From the stamps in the run\'s .stamps folder: a stage '
-                   "skipped on a rerun keeps the time of the run that made it.</p>")
-    else:
-        out.append("<p>No stage stamps in this run folder.</p>")
 
-    out.append("<h3>Inputs</h3><table class=\"kv\">")
-    man = prov["manifest"]
+def _timings_section(timings):
+    """The stamped stages' times (the report's own excluded: it is still running)."""
+    out = ["<h3>Stage timings</h3>"]
+    timings = [t for t in timings if t[0] != "report"]
+    if not timings:
+        return out + ["<p>No stage stamps in this run folder.</p>"]
+    out.append('<table class="timings"><tr><th class="group">stage</th><th>seconds</th>'
+               "<th>finished</th><th>peak RSS (GB, largest process)</th></tr>")
+    total = 0.0
+    for stage, seconds, finished, rss in timings:
+        total += seconds or 0.0
+        out.append('<tr><td class="group">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>'
+                   .format(esc(stage), "" if seconds is None else "{:.1f}".format(seconds),
+                           esc(finished or ""), "" if rss is None else "{:.2f}".format(rss)))
+    out.append('<tr><th class="group">total</th><th>{:.1f}</th><th></th><th></th></tr>'
+               "</table>".format(total))
+    out.append('<p class="legend">From the stamps in the run\'s .stamps folder: a stage '
+               "skipped on a rerun keeps the time of the run that made it.</p>")
+    return out
+
+
+def _inputs_section(man, cfg):
+    """The manifest (path and sha256) and the config (path and text)."""
+    out = ["<h3>Inputs</h3><table class=\"kv\">"]
     if man:
         out.append("<tr><th>manifest</th><td class=\"group\"><code>{}</code><br>sha256 "
                    "<code>{}</code></td></tr>".format(esc(man["path"]),
                                                      esc(man["sha256"] or "file not found")))
     else:
         out.append("<tr><th>manifest</th><td class=\"group\">not known</td></tr>")
-    cfg = prov["config"]
     out.append("<tr><th>config</th><td class=\"group\">{}</td></tr></table>".format(
         "<code>{}</code>".format(esc(cfg["path"])) if cfg else "not known"))
     if cfg and cfg["text"] is not None:
         out.append("<pre class=\"config\">{}</pre>".format(esc(cfg["text"])))
     elif cfg:
         out.append("<p class=\"bad\">config file not found</p>")
+    return out
 
-    out.append("<h3>Pinned packages (requirements.txt)</h3>")
-    out.append('<table class="packages"><tr><th class="group">package</th><th>pinned</th>'
-               "<th>installed</th></tr>")
-    for name, pinned, installed in prov["packages"]:
+
+def _packages_section(packages):
+    """requirements.txt's pins beside the installed versions (a mismatch in red)."""
+    out = ["<h3>Pinned packages (requirements.txt)</h3>",
+           '<table class="packages"><tr><th class="group">package</th><th>pinned</th>'
+           "<th>installed</th></tr>"]
+    for name, pinned, installed in packages:
         cls = "" if installed == pinned else ' class="bad"'
         out.append('<tr><td class="group">{}</td><td>{}</td><td{}>{}</td></tr>'.format(
             esc(name), esc(pinned), cls, esc(installed or "not installed")))
     out.append("</table>")
+    return out
+
+
+def render_provenance(prov, command=None):
+    """HTML of ``provenance.collect``'s dict: code, machine, stage timings, inputs, packages."""
+    out = (_code_section(prov["git"], command) + _machine_section(prov["machine"]) +
+           _timings_section(prov["timings"]) + _inputs_section(prov["manifest"], prov["config"])
+           + _packages_section(prov["packages"]))
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------- the page
 
-def cohort_kind(manifest):
-    """'synthetic' when the manifest's folder holds the synthetic generator's cohort.json
-    (``reproduce synth`` writes it), 'own' for any other manifest, None when none is known."""
-    if not manifest:
-        return None
-    info = os.path.join(os.path.dirname(os.path.abspath(manifest)), "cohort.json")
-    try:
-        with open(info) as f:
-            return "synthetic" if json.load(f).get("synthetic") else "own"
-    except (OSError, ValueError, AttributeError):
-        return "own"
-
-
-def stamped_argument(run_dir, flag, stages):
-    """The value of ``flag`` in the first stamped stage command that has it (the demo's stamps
-    hold each stage's command line), else None."""
-    for stage in (t[0] for t in provenance.stage_timings(run_dir, stages)):
-        try:
-            with open(os.path.join(run_dir, ".stamps", stage + ".json")) as f:
-                command = json.load(f).get("command") or []
-        except (OSError, ValueError):
-            continue
-        if flag in command and command.index(flag) + 1 < len(command):
-            return command[command.index(flag) + 1]
-    return None
-
-
-def build(run_dir, out_path, config=None, manifest=None, predictions=None, group_names=None,
-          level_names=None, stages=(), command=None, progress=False):
-    """Writes the report of ``run_dir`` to ``out_path``; returns a summary dict (path, bytes,
-    cohort kind, CAM count, rows without a CAM). ``config``/``manifest``/``predictions``
-    default to what the run's stamps name (the demo's layout)."""
-    if not os.path.isdir(run_dir):
-        raise ReportError("{}: run folder not found".format(run_dir))
-    table_dir = os.path.join(run_dir, "table")
-    columns, rows = read_table_csv(os.path.join(table_dir, "table.csv"))
-    config = config or stamped_argument(run_dir, "--config", stages)
-    manifest = manifest or stamped_argument(run_dir, "--manifest", stages)
-    predictions = predictions or stamped_argument(run_dir, "--predictions", stages) or \
-        os.path.join(run_dir, "predict", "predictions.csv")
-    for what, path in (("config", config), ("manifest", manifest)):
-        if path and not os.path.isfile(path):
-            raise ReportError("{} {}: not found".format(what, path))
-    md_path = os.path.join(table_dir, "table.md")
-    md_text = ""
-    if os.path.isfile(md_path):
-        with open(md_path, encoding="utf-8") as f:
-            md_text = f.read()
-    kind = cohort_kind(manifest)
-    if kind == "synthetic":
-        # the table's own title when it says what the demo made (e.g. its paper-scale variant)
-        m = re.match(r"^# .*? - (.*SYNTHETIC.*)$", md_text.split("\n", 1)[0])
-        title = m.group(1) if m else "SYNTHETIC cohort (embedded demo, not the paper's data)"
-        banner = ('<p class="banner synthetic"><b>Synthetic cohort.</b> Every slide here was '
-                  "drawn by a program (<code>reproduce synth</code>); the numbers test the "
-                  "software and say nothing about the method on real slides.</p>")
-    else:
-        what = os.path.basename(manifest) if manifest else os.path.basename(predictions)
-        title = "your own cohort ({})".format(what)
-        banner = ('<p class="banner own"><b>Your own cohort</b>: <code>{}</code>.</p>'.format(
-            esc(manifest or predictions)))
-
-    notes = render_notes(md_text)
-    figures = render_figures(figure_files(table_dir))
-    if os.path.isfile(predictions):
-        cam_dir = os.path.join(os.path.dirname(predictions), "cam")
-        thumbs, boxes, n_cams, missing = render_gallery(read_predictions(predictions),
-                                                        cam_dir, progress)
-        if n_cams:
-            intro = ("<p>One class activation map per predicted slide or node, most probable "
-                     "first; click a thumbnail for the full-size overlay. Heat above the CAM "
-                     "threshold is drawn over the tissue.</p>")
-        else:
-            intro = "<p>No CAM overlays in <code>{}</code>.</p>".format(esc(cam_dir))
-        if missing:
-            intro += "<p>{} row(s) without a CAM overlay: {}.</p>".format(
-                len(missing), esc(", ".join(missing[:20]) + (" ..." if len(missing) > 20
-                                                             else "")))
-        gallery = intro + '<div class="gallery">{}</div>'.format(thumbs)
-    else:
-        boxes, n_cams, missing = "", 0, []
-        gallery = "<p>No predictions file ({}).</p>".format(esc(predictions))
-
-    prov = provenance.collect(run_dir, config, manifest, stages)
-    page = """<!DOCTYPE html>
+PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Reproduction report - {title}</title>
@@ -655,11 +588,117 @@ report written {when}.</p>
 {provenance}
 {boxes}
 </body></html>
-""".format(title=esc(title), style=STYLE, banner=banner, run=esc(os.path.abspath(run_dir)),
-           when=esc(time.strftime("%Y-%m-%d %H:%M:%S %Z")), n_cams=n_cams,
-           table=render_table(columns, rows, group_names, level_names), notes=notes,
-           figures=figures, gallery=gallery, provenance=render_provenance(prov, command),
-           boxes=boxes)
+"""
+
+
+def cohort_kind(manifest):
+    """'synthetic' when the manifest's folder holds the synthetic generator's cohort.json
+    (``reproduce synth`` writes it), 'own' for any other manifest, None when none is known."""
+    if not manifest:
+        return None
+    info = os.path.join(os.path.dirname(os.path.abspath(manifest)), "cohort.json")
+    try:
+        with open(info) as f:
+            return "synthetic" if json.load(f).get("synthetic") else "own"
+    except (OSError, ValueError, AttributeError):
+        return "own"
+
+
+def stamped_argument(run_dir, flag):
+    """The value of ``flag`` in the first stamped stage command that has it (the demo's stamps
+    hold each stage's command line), else None."""
+    for stage in (t[0] for t in provenance.stage_timings(run_dir, STAGES)):
+        try:
+            with open(os.path.join(run_dir, ".stamps", stage + ".json")) as f:
+                command = json.load(f).get("command") or []
+        except (OSError, ValueError):
+            continue
+        if flag in command and command.index(flag) + 1 < len(command):
+            return command[command.index(flag) + 1]
+    return None
+
+
+def _run_inputs(run_dir, config, manifest, predictions):
+    """(config, manifest, predictions): the given ones, else what the run's stamps name (the
+    predictions default to RUN/predict/predictions.csv); a config or manifest named but
+    missing is an error."""
+    config = config or stamped_argument(run_dir, "--config")
+    manifest = manifest or stamped_argument(run_dir, "--manifest")
+    predictions = predictions or stamped_argument(run_dir, "--predictions") or \
+        os.path.join(run_dir, "predict", "predictions.csv")
+    for what, path in (("config", config), ("manifest", manifest)):
+        if path and not os.path.isfile(path):
+            raise ReportError("{} {}: not found".format(what, path))
+    return config, manifest, predictions
+
+
+def _read_markdown(table_dir):
+    """The text of RUN/table/table.md ('' when there is none)."""
+    md_path = os.path.join(table_dir, "table.md")
+    if not os.path.isfile(md_path):
+        return ""
+    with open(md_path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _title_and_banner(kind, manifest, predictions, md_text):
+    """The page's title and the banner that says whose cohort the numbers are of."""
+    if kind == "synthetic":
+        # the table's own title when it says what the demo made (e.g. its paper-scale variant)
+        m = re.match(r"^# .*? - (.*SYNTHETIC.*)$", md_text.split("\n", 1)[0])
+        title = m.group(1) if m else "SYNTHETIC cohort (embedded demo, not the paper's data)"
+        banner = ('<p class="banner synthetic"><b>Synthetic cohort.</b> Every slide here was '
+                  "drawn by a program (<code>reproduce synth</code>); the numbers test the "
+                  "software and say nothing about the method on real slides.</p>")
+        return title, banner
+    what = os.path.basename(manifest) if manifest else os.path.basename(predictions)
+    banner = ('<p class="banner own"><b>Your own cohort</b>: <code>{}</code>.</p>'.format(
+        esc(manifest or predictions)))
+    return "your own cohort ({})".format(what), banner
+
+
+def _gallery_section(predictions, progress):
+    """(gallery HTML with its introduction, lightbox HTML, CAMs shown, rows without a CAM)."""
+    if not os.path.isfile(predictions):
+        return "<p>No predictions file ({}).</p>".format(esc(predictions)), "", 0, []
+    cam_dir = os.path.join(os.path.dirname(predictions), "cam")
+    thumbs, boxes, n_cams, missing = render_gallery(read_predictions(predictions), cam_dir,
+                                                    progress)
+    if n_cams:
+        intro = ("<p>One class activation map per predicted slide or node, most probable "
+                 "first; click a thumbnail for the full-size overlay. Heat above the CAM "
+                 "threshold is drawn over the tissue.</p>")
+    else:
+        intro = "<p>No CAM overlays in <code>{}</code>.</p>".format(esc(cam_dir))
+    if missing:
+        intro += "<p>{} row(s) without a CAM overlay: {}.</p>".format(
+            len(missing), esc(", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")))
+    return intro + '<div class="gallery">{}</div>'.format(thumbs), boxes, n_cams, missing
+
+
+def build(run_dir, out_path, config=None, manifest=None, predictions=None, command=None,
+          progress=False):
+    """Writes the report of ``run_dir`` to ``out_path``; returns a summary dict (path, bytes,
+    cohort kind, CAM count, rows without a CAM). ``config``/``manifest``/``predictions``
+    default to what the run's stamps name (the demo's layout)."""
+    if not os.path.isdir(run_dir):
+        raise ReportError("{}: run folder not found".format(run_dir))
+    table_dir = os.path.join(run_dir, "table")
+    columns, rows = read_table_csv(os.path.join(table_dir, "table.csv"))
+    config, manifest, predictions = _run_inputs(run_dir, config, manifest, predictions)
+    md_text = _read_markdown(table_dir)
+    kind = cohort_kind(manifest)
+    title, banner = _title_and_banner(kind, manifest, predictions, md_text)
+    notes = render_notes(md_text)
+    figures = render_figures(figure_files(table_dir))
+    gallery, boxes, n_cams, missing = _gallery_section(predictions, progress)
+    prov = provenance.collect(run_dir, config, manifest)
+    page = PAGE.format(title=esc(title), style=STYLE, banner=banner,
+                       run=esc(os.path.abspath(run_dir)),
+                       when=esc(time.strftime("%Y-%m-%d %H:%M:%S %Z")), n_cams=n_cams,
+                       table=render_table(columns, rows), notes=notes, figures=figures,
+                       gallery=gallery, provenance=render_provenance(prov, command),
+                       boxes=boxes)
     atomic_write_text(out_path, page)
     return {"path": out_path, "bytes": len(page.encode("utf-8")), "cohort": kind or "unknown",
             "cams": n_cams, "missing_cams": missing, "title": title}
