@@ -107,10 +107,12 @@ def test_mpirun_ranks_inherit_the_choice():
     code = ("import os, subprocess, sys; from reproduce.__main__ import quiet_logs; "
             "quiet_logs({}); print(subprocess.check_output(['mpirun', '--allow-run-as-root', "
             "'--oversubscribe', '-np', '2', sys.executable, '-c', "
-            "'import os; print(os.environ[\\'TF_CPP_MIN_LOG_LEVEL\\'])'], "
+            "'import os; level = os.environ[\\'TF_CPP_MIN_LOG_LEVEL\\']; "
+            "os.write(1, (\\'<%s>\\' % level).encode())'], "
             "universal_newlines=True))")
     env = {k: v for k, v in mpi_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     for verbose, want in ((False, "3"), (True, "0")):
         out = subprocess.check_output([sys.executable, "-c", code.format(verbose)], cwd=ROOT,
                                       env=env, universal_newlines=True, timeout=300)
-        assert out.split() == [want, want]
+        # one write per rank, so the two ranks' outputs cannot interleave within a value
+        assert re.findall(r"<(\d+)>", out) == [want, want]
