@@ -14,10 +14,13 @@ training sees it (``slide_content``: the ``config``'s target mpp, filter and gla
 placed on its canvas with its translation, or centred when it does not augment). The step then
 includes the augmentation, which is also reported alone as ``augment_seconds``.
 
-``plan_only`` runs no network: it augments, plans and reports ``computed_pixels`` against
-``full_canvas_pixels``, the plan that tiles every cell, and the plan's forward MACs against the
-exact floor (``model.flops``): ``planned_flops`` / ``floor_flops``. With ``draws`` it reports
-that ratio's mean, min and max over the augmentation draws ``seed`` .. ``seed + draws - 1``.
+``mode``: 'streaming' is the strategy training runs (model/levels.py), 'windows' the one-level
+design of model/streaming.py (for comparison), 'direct' the whole image at once.
+
+``plan_only`` runs no network: it augments, plans in levels and reports the plan (windows over
+all levels, super-windows, proxy, the bytes it keeps) and its forward MACs against the exact
+floor (``model.flops``): ``planned_flops`` / ``floor_flops``. With ``draws`` it reports that
+ratio's mean, min and max over the augmentation draws ``seed`` .. ``seed + draws - 1``.
 
 Peak memory is not measured here: the command runs ``measure`` in a fresh child process and
 reads the child's peak RSS.
@@ -32,7 +35,7 @@ import tensorflow as tf
 
 from data import augment
 from data.canvas import place
-from model import flops, streaming
+from model import flops, levels, streaming
 from model.direct import Direct
 from model.resnet import build_model
 from model.selfcheck import synthetic_tissue
@@ -131,40 +134,58 @@ def _ratio(planned, floor):
     return round(planned / float(floor), 5) if floor else None
 
 
-def plan_figures(content, size, seed, tile, rotate=None):
-    """One draw's figures: the canvas's plan against the exact floor, and the seconds of the
-    augmentation, of the planning and of the floor count."""
+def levels_budget(memory_gb, predict=False, log=_to_stderr):
+    """Bytes that a step's kept activations may take, as training reckons them
+    (``model.strategy``: --memory-gb, else this machine's share, less the runtime)."""
+    from model.strategy import BASE_BYTES, _machine_budget
+    if memory_gb is not None:
+        budget, source = float(memory_gb) * 1e9, "--memory-gb {:g}".format(memory_gb)
+    else:
+        budget, source = _machine_budget(None, None)
+    log("streaming: in levels, activations kept within {:.1f} GB ({})".format(
+        (budget - BASE_BYTES) / 1e9, source))
+    return budget - BASE_BYTES
+
+
+def plan_figures(content, size, seed, budget, tile=None, rotate=None):
+    """One draw's figures: the canvas's plan in levels against the exact floor, and the seconds
+    of the augmentation, of the planning and of the floor count."""
     params = draw_params(content, seed, rotate)
     start = time.perf_counter()
     canvas = content_canvas(content, size, params)
     augmented = time.perf_counter()
-    plan = streaming.plan(canvas, tile)
+    plan = levels.plan(canvas, budget, tile=tile)[0]
     planned = time.perf_counter()
     floor = flops.floor_macs(canvas)
     counted = time.perf_counter()
-    planned_macs = flops.planned_macs(plan)
+    planned_macs = plan.macs()
     return dict(canvas=canvas, plan=plan, rotate_deg=_rotation(params),
                 augment_seconds=augmented - start, plan_seconds=planned - augmented,
                 floor_seconds=counted - planned, floor_flops=floor, planned_flops=planned_macs,
                 flops_ratio=_ratio(planned_macs, floor))
 
 
-def _one_draw(content, size, seed, rotate, tile):
-    """The figures of draw ``seed``: today's pixel counts and the MACs against the floor."""
-    figures = plan_figures(content, size, seed, tile, rotate)
+def plan_fields(plan):
+    """What a plan in levels is: its windows over all levels, its super-windows, its proxy, the
+    bytes its largest super-window keeps, and the canvas cells the proxy stands for."""
+    return dict(windows=plan.windows, super_windows=len(plan.parts), proxy=_proxy_size(plan),
+                kept_gb=round(plan.part_bytes() / 1e9, 2),
+                proxy_cells=int(plan.counts.sum()))
+
+
+def _one_draw(content, size, seed, rotate, budget, tile):
+    """The figures of draw ``seed``: the plan and its MACs against the floor."""
+    figures = plan_figures(content, size, seed, budget, tile, rotate)
     canvas, plan = figures["canvas"], figures["plan"]
-    full = streaming.plan(canvas, tile, skip_uniform=False).computed_pixels
-    return dict(seed=seed, rotate_deg=figures["rotate_deg"],
-                content_box=[int(v) for v in canvas.box], tiles=len(plan.windows),
-                proxy=_proxy_size(plan), computed_pixels=int(plan.computed_pixels),
-                computed_pixel_ratio=round(plan.computed_pixel_ratio, 5),
-                full_canvas_pixels=int(full),
-                computed_vs_full_canvas=round(plan.computed_pixels / float(full), 5),
-                floor_flops=figures["floor_flops"], planned_flops=figures["planned_flops"],
-                flops_ratio=figures["flops_ratio"],
-                augment_seconds=round(figures["augment_seconds"], 3),
-                plan_seconds=round(figures["plan_seconds"], 4),
-                floor_seconds=round(figures["floor_seconds"], 4))
+    result = dict(seed=seed, rotate_deg=figures["rotate_deg"],
+                  content_box=[int(v) for v in canvas.box],
+                  floor_flops=figures["floor_flops"], planned_flops=figures["planned_flops"],
+                  flops_ratio=figures["flops_ratio"],
+                  augment_seconds=round(figures["augment_seconds"], 3),
+                  plan_seconds=round(figures["plan_seconds"], 4),
+                  floor_seconds=round(figures["floor_seconds"], 4))
+    result.update(plan_fields(plan))
+    return result
 
 
 def _spread(name, values, digits):
@@ -177,12 +198,12 @@ def _spread(name, values, digits):
             name + "_max": round(float(np.max(values)), digits)}
 
 
-def _over_draws(content, size, seed, rotate, tile, draws):
+def _over_draws(content, size, seed, rotate, budget, tile, draws):
     """The ratio planned / floor over draws ``seed`` .. ``seed + draws - 1``, and the seconds
     that each draw's planning and floor count take."""
     results = []
     for draw in range(seed, seed + draws):      # keeps each draw's figures, not its canvas
-        figures = plan_figures(content, size, draw, tile, rotate)
+        figures = plan_figures(content, size, draw, budget, tile, rotate)
         results.append({k: v for k, v in figures.items() if k not in ("canvas", "plan")})
     figures = dict(draws=draws, seeds=[seed, seed + draws - 1],
                    ratios=[r["flops_ratio"] for r in results],
@@ -204,19 +225,27 @@ def plan_only(size, content, seed, rotate=None, tile=None, memory_gb=None, draws
     """The planner's figures for a --content canvas, without a network: one draw's (``seed``),
     or with ``draws`` the ratio planned / floor over that many draws from ``seed``.
     ``content``: (h, w) of synthetic tissue, or a slide file read under ``config``."""
-    tile = streaming_tile(tile, memory_gb, size, size)
+    budget = levels_budget(memory_gb)
     source = content_of(size, content, config)
-    result = dict(height=size, width=size, mode="plan", tile=tile, **source.fields)
+    result = dict(height=size, width=size, mode="plan", tile=tile,
+                  memory_budget_gb=round(budget / 1e9, 2), **source.fields)
     if draws:
-        result.update(_over_draws(source, size, seed, rotate, tile, draws))
+        result.update(_over_draws(source, size, seed, rotate, budget, tile, draws))
     else:
-        result.update(_one_draw(source, size, seed, rotate, tile))
+        result.update(_one_draw(source, size, seed, rotate, budget, tile))
     return result
 
 
 def _strategy(model, mode, tile, memory_gb, height, width, predict, progress):
-    """(strategy, its result fields, the (height, width) of the image that traces it)."""
+    """(strategy, its result fields, the (height, width) of the image that traces it).
+    ``mode``: 'streaming' (in levels, as training runs), 'windows' (the one-level design of
+    model/streaming.py, for comparison) or 'direct'."""
     if mode == "streaming":
+        strategy = levels.LevelStreaming(model, tile=tile, progress=progress,
+                                         memory_bytes=levels_budget(memory_gb, predict))
+        return strategy, dict(tile=tile, memory_budget_gb=round(strategy.memory_bytes / 1e9, 2)), \
+            (_WARM_EXTRA, _WARM_EXTRA)
+    if mode == "windows":
         strategy = streaming.Streaming(
             model, tile=streaming_tile(tile, memory_gb, height, width, predict), progress=progress)
         warm = strategy.margin + _WARM_EXTRA
@@ -287,8 +316,12 @@ def measure(height, width, mode, tile=None, memory_gb=None, steps=1, predict=Fal
     times = _timed(step, image, steps, augmented=bool(content))
     if mode == "streaming":
         plan = strategy.last_plan
+        result.update(plan_fields(plan), planned_flops=plan.macs())
+    elif mode == "windows":
+        plan = strategy.last_plan
         result.update(tiles=len(plan.windows), proxy=_proxy_size(plan),
-                      computed_pixel_ratio=round(plan.computed_pixel_ratio, 5))
+                      computed_pixel_ratio=round(plan.computed_pixel_ratio, 5),
+                      planned_flops=flops.planned_macs(plan))
     if augment_times:
         result["augment_seconds"] = round(float(np.mean(augment_times)), 3)
     result.update(_speed(height, width, times))

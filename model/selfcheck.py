@@ -4,7 +4,11 @@ float64 reference (``python -m reproduce selfcheck`` runs ``check``).
 Computes, on one image small enough to run whole, the logit, the loss, the CAM and the gradient
 of the BCE loss for every trainable variable three times:
 
-- ``streaming``: ``model.streaming.Streaming``, float32;
+- ``streaming``, float32, by one of two engines (``check(engine=...)``): ``"levels"`` (the
+  default, the design training uses): ``model.levels.LevelStreaming``, every level computed only
+  where it differs from the fill, in one super-window or, with ``tile``, several; ``"windows"``:
+  the older one-level design, ``model.streaming.Streaming`` (tiles with a margin; only it takes
+  the deliberately inexact ``margin``);
 - ``whole_float32``: the whole image through the same Keras model with a GradientTape,
   independent of model/direct.py (``whole_image``);
 - the reference: the whole image through a float64 copy of the network (``Float64Copy``: same
@@ -46,8 +50,10 @@ steps on whole synthetic images (``train_whole``). The float64 copy takes the we
 Content. ``content_canvas`` is an H x W canvas of uniform fill (``data.canvas.Canvas``) with h x w
 of synthetic tissue inside it, placed off centre and passed through the augmentation's flips,
 rotation and colour steps (``data.augment.apply_canvas``, seeded), so that the streaming side
-skips the cells that see only the fill (model/streaming.py, "Uniform cells") and the comparison
-covers the proxy, its border rings and the tiles around the tissue.
+skips what sees only the fill (model/streaming.py, "Uniform cells"; model/levels.py, "Active
+positions") and the comparison covers the proxy, its border rings and the windows around the
+tissue. For levels the result also reports the planned forward MACs against the exact floor
+(``model.flops.floor_macs``) of the canvas the engine was given.
 """
 import collections
 
@@ -55,12 +61,16 @@ import numpy as np
 import tensorflow as tf
 
 from data import augment
+from data.canvas import as_canvas
+from model.flops import floor_macs
+from model.levels import LevelStreaming
 from model.resnet import FEATURES, MARGIN, build_model, cam_logits, freeze_batchnorm, preprocess
 from model.streaming import Streaming
 
 FACTOR = 4.0
 FLOOR = 1e-6
-DEFAULT_TILE = 96
+DEFAULT_TILE = 96       # the windows engine's tile when none is given
+ENGINES = ("levels", "windows")
 OUTPUTS = ("logit", "loss", "cam")
 
 
@@ -390,12 +400,16 @@ def _compare(model, streaming, image, given, label):
 
 
 def check(height, width, tile=None, weights="none", checkpoint=None, perturb_bn=False,
-          head="random", train_steps=3, label=1.0, seed=0, margin=None, content=None):
+          head="random", train_steps=3, label=1.0, seed=0, margin=None, content=None,
+          engine="levels"):
     """Runs the three computations; returns the JSON-able result dict (``passed`` among its keys:
     the float64 judgment, ``judge``).
 
+    ``engine``: ``"levels"`` (``tile``: None for no cap on a super-window's side, else a cap that
+    splits the work into several) or ``"windows"`` (``tile`` defaults to ``DEFAULT_TILE``).
     ``content`` (h, w): an H x W ``content_canvas`` instead of tissue everywhere; ``margin``
-    below ``MARGIN``: inexact on purpose (the check must then fail)."""
+    below ``MARGIN``: inexact on purpose (the check must then fail), windows only."""
+    check_engine(engine, margin)
     tf.compat.v1.set_random_seed(seed)
     np.random.seed(seed)
     model = build_model(weights)
@@ -404,20 +418,54 @@ def check(height, width, tile=None, weights="none", checkpoint=None, perturb_bn=
     canvas = content_canvas(height, width, content, seed) if content else None
     image = canvas.dense() if canvas else synthetic_tissue(height, width, seed)
     _set_head(model, image, checkpoint, head, train_steps, seed)
-    tile = DEFAULT_TILE if tile is None else tile
-    streaming = Streaming(model, tile=tile, margin=MARGIN if margin is None else margin,
-                          allow_inexact=margin is not None)
-    errors, against_float64, logit, cam_diff = _compare(model, streaming, image,
-                                                        canvas if canvas else image, label)
-    plan = streaming.last_plan
-    return dict(
-        height=height, width=width, tile=tile, margin=streaming.margin,
-        content=list(content) if content else None,
+    given = canvas if canvas else image
+    streaming = _streaming(model, engine, tile, margin)
+    errors, against_float64, logit, cam_diff = _compare(model, streaming, image, given, label)
+    result = dict(
+        engine=engine, height=height, width=width, content=list(content) if content else None,
         content_box=list(int(v) for v in canvas.box) if canvas else None,
-        tiles=len(plan.windows),
-        proxy=[plan.proxy.height, plan.proxy.width] if plan.proxy else None,
-        computed_pixel_ratio=round(plan.computed_pixel_ratio, 4),
         weights=str(weights), perturb_bn=perturb_bn, head=head, seed=seed,
         logit=logit, cam_max_abs_diff=cam_diff, gradient_tensors=len(errors) - len(OUTPUTS),
         against_float64=against_float64, criterion=criterion(),
         passed=against_float64.pop("passed"), **summary(errors))
+    result.update(_levels_fields(streaming, given) if engine == "levels"
+                  else _windows_fields(streaming))
+    return result
+
+
+def check_engine(engine, margin):
+    """Raises ValueError for an unknown engine, or a margin given to the levels engine: levels
+    has no margin to shrink (each level reads exactly its own reach), so the inexact check is
+    the windows engine's alone."""
+    if engine not in ENGINES:
+        raise ValueError("engine must be one of {}, got {!r}".format(", ".join(ENGINES), engine))
+    if engine == "levels" and margin is not None:
+        raise ValueError("margin ({}) applies to the windows engine only: the levels engine "
+                         "has no margin".format(margin))
+
+
+def _streaming(model, engine, tile, margin):
+    if engine == "levels":
+        return LevelStreaming(model, tile=tile)
+    return Streaming(model, tile=DEFAULT_TILE if tile is None else tile,
+                     margin=MARGIN if margin is None else margin,
+                     allow_inexact=margin is not None)
+
+
+def _windows_fields(streaming):
+    """What the windows engine computed: its tile and margin, its tiles, proxy and the share of
+    the canvas's pixels that its windows read."""
+    plan = streaming.last_plan
+    return dict(tile=streaming.tile, margin=streaming.margin, tiles=len(plan.windows),
+                proxy=[plan.proxy.height, plan.proxy.width] if plan.proxy else None,
+                computed_pixel_ratio=round(plan.computed_pixel_ratio, 4))
+
+
+def _levels_fields(streaming, given):
+    """What the levels engine computed: its windows over all levels and super-windows, the proxy,
+    and its planned forward MACs against the floor of the same canvas (as the engine saw it)."""
+    plan = streaming.last_plan
+    planned, floor = plan.macs(), floor_macs(as_canvas(given))
+    return dict(tile=streaming.tile, windows=plan.windows, super_windows=len(plan.parts),
+                proxy=[plan.proxy.height, plan.proxy.width], planned_flops=planned,
+                floor_flops=floor, flops_ratio=round(planned / floor, 4) if floor else None)

@@ -234,16 +234,23 @@ def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=
                   mpp=None, rank_on_node=None, ranks_on_node=None, **options):
     """A strategy object with ``gradients(image, label)`` and ``predict(image, cam=False)``.
 
-    Streaming takes its tile from ``choose_tile`` (given the arguments of the same names) and
-    keeps the ``TileChoice`` as ``.tile_choice``; ``log`` (a callable) receives its one line
-    (``TileChoice.line(mpp)``, ``mpp``: um per input px). The whole-image strategies ignore the
-    tile settings (so one config can name any strategy) and, with ``canvas``, are checked
-    against host RAM (``check_memory``). ``options``: more
-    ``model.streaming.Streaming`` keyword arguments (``margin``, ``progress``, ...).
-    The strategy modules load TensorFlow, so they are imported here, when one is chosen.
+    Streaming is the one-level ``model.streaming.Streaming``, whose tile comes from
+    ``choose_tile`` (kept as ``.tile_choice``); with ``engine="levels"`` (eager only) it is
+    ``model.levels.LevelStreaming`` (exact, in levels, each computed only where the content
+    reaches) with its memory budget from ``memory_gb``, else this rank's share of the machine
+    (``_machine_budget``), and ``tile`` capping its super-windows. ``log`` (a callable) receives one line saying which, and why that much
+    memory (``mpp``: um per input px). The whole-image strategies ignore the tile settings (so
+    one config can name any strategy) and, with ``canvas``, are checked against host RAM
+    (``check_memory``). ``options``: more keyword arguments (``progress``, ...). The strategy
+    modules load TensorFlow, so they are imported here, when one is chosen.
     """
     concrete = resolve(name)
     if concrete == "streaming":
+        import tensorflow as tf
+        engine = options.pop("engine", "windows")
+        if engine == "levels" and tf.executing_eagerly() and not set(options) & {
+                "margin", "allow_inexact", "skip_uniform"}:
+            return _levels(model, tile, memory_gb, log, rank_on_node, ranks_on_node, **options)
         from model.streaming import Streaming
         choice = choose_tile(tile, memory_gb, canvas, training, options.get("margin"),
                              rank_on_node, ranks_on_node)
@@ -257,4 +264,26 @@ def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=
     from model.direct import Direct
     strategy = Direct(model)
     strategy.name = concrete
+    return strategy
+
+
+def _levels(model, tile, memory_gb, log, rank_on_node, ranks_on_node, progress=False):
+    """``model.levels.LevelStreaming`` with its memory budget, and the line that says it."""
+    from model.levels import LevelStreaming
+    if tile is not None and (int(tile) < OUTPUT_STRIDE or int(tile) % OUTPUT_STRIDE):
+        raise ValueError("train.tile must be a positive multiple of {} px, got {}".format(
+            OUTPUT_STRIDE, tile))
+    if memory_gb is not None:
+        budget, source = float(memory_gb) * 1e9, "train.memory_gb = {:g} GB".format(memory_gb)
+    else:
+        budget, source = _machine_budget(rank_on_node, ranks_on_node)
+    room = budget - BASE_BYTES
+    if room <= 0:
+        raise ValueError("{} leaves no room for a step (needs more than {})".format(
+            source, _gb(BASE_BYTES)))
+    strategy = LevelStreaming(model, tile=tile, progress=progress, memory_bytes=room)
+    if log is not None:
+        cap = "" if tile is None else "; super-windows at most {} px of output cells".format(tile)
+        log("streaming: in levels, activations kept within {} ({} less {} for the runtime){}"
+            .format(_gb(room), source, _gb(BASE_BYTES), cap))
     return strategy

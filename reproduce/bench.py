@@ -1,6 +1,6 @@
 """`python -m reproduce bench`: time and peak memory of one whole-slide training step.
 
-    python -m reproduce bench --size N --mode direct|streaming [--tile T] [--steps K] [--predict]
+    python -m reproduce bench --size N --mode direct|streaming|windows [--tile T] [--steps K] [--predict]
     python -m reproduce bench --size 21500 --content 2400x2000 [--plan-only [--draws N]] [--predict]
     python -m reproduce bench --content SLIDE --config C.yaml [--plan-only [--draws N]]
     python -m reproduce bench --delong N
@@ -45,7 +45,10 @@ def add_arguments(parser):
     parser.add_argument("--size", type=int, help="square image side in px (the model's input)")
     parser.add_argument("--height", type=int, help="image height in px (overrides --size)")
     parser.add_argument("--width", type=int, help="image width in px (overrides --size)")
-    parser.add_argument("--mode", choices=("direct", "streaming"), default="streaming")
+    parser.add_argument("--mode", choices=("direct", "streaming", "windows"), default="streaming",
+                        help="streaming: in levels, as training runs (default); windows: the "
+                             "one-level design (every window runs the whole network with a "
+                             "256 px margin), for comparison; direct: the whole image at once")
     parser.add_argument("--tile", type=int, default=None,
                         help="streaming tile interior in px (multiple of 32); default: from "
                              "--memory-gb, else from this machine's memory, as in training")
@@ -101,9 +104,12 @@ def _check_step(args):
         raise UserError("--tile must be a positive multiple of 32 px, got {}".format(args.tile))
     if args.steps < 1:
         raise UserError("--steps must be at least 1")
-    if args.mode == "streaming" and args.tile is not None and args.memory_gb is not None:
+    if args.mode == "windows" and args.tile is not None and args.memory_gb is not None:
         raise UserError("--tile and --memory-gb: give one (the tile is chosen from the memory)")
-    if args.mode == "streaming" and args.memory_gb is not None:
+    if args.memory_gb is not None and args.memory_gb <= 1.5:
+        raise UserError("--memory-gb must leave room beyond the runtime's 1.5 GB, got {:g}"
+                        .format(args.memory_gb))
+    if args.mode == "windows" and args.memory_gb is not None:
         from model.strategy import tile_for_memory
         try:
             tile_for_memory(args.memory_gb, training=not args.predict)
@@ -161,8 +167,8 @@ def _content(args, height, width, slide):
     content = slide or parse_size(args.content)
     if height != width:
         raise UserError("--content needs a square canvas: give --size N")
-    if args.mode != "streaming":
-        raise UserError("--content is for --mode streaming (the direct baseline is "
+    if args.mode == "direct":
+        raise UserError("--content is for --mode streaming or windows (the direct baseline is "
                         "--height h --width w --mode direct)")
     if not slide and (content[0] > height or content[1] > width):
         raise UserError("--content {} does not fit the {} px canvas".format(args.content, height))

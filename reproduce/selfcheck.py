@@ -1,6 +1,12 @@
 """`python -m reproduce selfcheck`: the streaming strategy against the whole image, judged
 against a float64 reference.
 
+``--engine levels`` (the default, the design training uses: ``model.levels.LevelStreaming``;
+``--tile`` caps a super-window's side, which splits the work) or ``--engine windows`` (the older
+one-level design, ``model.streaming.Streaming``; ``--tile`` is its tile, 96 px by default). The
+JSON names the engine; for levels it adds ``windows``, ``super_windows``, ``proxy`` and the
+planned forward MACs against the floor (``planned_flops``, ``floor_flops``, ``flops_ratio``).
+
 Computes the logit, the loss, the CAM and every gradient three ways on one image: streaming
 (float32), the whole image in float32, and the whole image through a float64 copy of the same
 network (same weights, frozen BatchNorm, CPU; its input is the same float32 preprocessed image,
@@ -23,7 +29,7 @@ or ``trained`` (the whole model first takes ``--train-steps`` Adam steps on whol
 images). ``--checkpoint`` loads full-model weights saved by ``model.save_weights``.
 
 ``--content hxw``: the image is an H x W canvas of uniform fill with h x w of augmented synthetic
-tissue off centre, so the streaming side skips the cells that see only the fill; the JSON adds
+tissue off centre, so the streaming side skips what sees only the fill; for windows the JSON adds
 ``computed_pixel_ratio`` (input pixels computed / canvas pixels) and ``proxy`` (its size).
 """
 import argparse
@@ -39,9 +45,13 @@ def add_arguments(parser):
     parser.add_argument("--size", type=int, default=512, help="square image side in px")
     parser.add_argument("--height", type=int, help="image height in px (overrides --size)")
     parser.add_argument("--width", type=int, help="image width in px (overrides --size)")
-    parser.add_argument("--tile", type=int, default=96,
-                        help="streaming middle-tile interior in px (multiple of 32); windows are "
-                             "at most tile + 512 px, so an axis longer than that is split")
+    parser.add_argument("--engine", default="levels", metavar="levels|windows",
+                        help="streaming design to check: levels (default, as training runs) or "
+                             "the one-level windows")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="px, multiple of 32. levels: caps a super-window's side (default: "
+                             "no cap); windows: middle-tile interior (default 96; windows are at "
+                             "most tile + 512 px, so an axis longer than that is split)")
     parser.add_argument("--weights", default="none", help="backbone init: none|imagenet|PATH.h5")
     parser.add_argument("--checkpoint", default=None, help="full-model weights to load")
     parser.add_argument("--perturb-bn", action="store_true",
@@ -55,7 +65,8 @@ def add_arguments(parser):
     parser.add_argument("--content", default=None, metavar="hxw",
                         help="uniform-fill canvas with h x w px of augmented tissue off centre "
                              "(streaming skips the fill-only cells)")
-    # Hidden: a margin below the receptive-field radius, to show the check fails when inexact.
+    # Hidden: a margin below the receptive-field radius, to show the check fails when inexact
+    # (--engine windows only).
     parser.add_argument("--margin", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -67,6 +78,10 @@ def _checked(args):
         raise UserError("--height/--width/--size must be positive, got {}x{}".format(height, width))
     if args.tile is not None and (args.tile < 32 or args.tile % 32):
         raise UserError("--tile must be a positive multiple of 32 px, got {}".format(args.tile))
+    if args.engine not in ("levels", "windows"):
+        raise UserError("--engine must be levels or windows, got {!r}".format(args.engine))
+    if args.margin is not None and args.engine != "windows":
+        raise UserError("--margin applies to --engine windows only (levels has no margin)")
     if args.margin is not None and (args.margin < 0 or args.margin % 32):
         raise UserError("--margin must be a non-negative multiple of 32 px")
     content = parse_size(args.content) if args.content else None
@@ -86,7 +101,7 @@ def run(args):
         result = check(height, width, tile=args.tile, weights=args.weights,
                        checkpoint=args.checkpoint, perturb_bn=args.perturb_bn, head=args.head,
                        train_steps=args.train_steps, label=args.label, seed=args.seed,
-                       margin=args.margin, content=content)
+                       margin=args.margin, content=content, engine=args.engine)
     except WeightsError as e:
         raise UserError(str(e))
     print(json.dumps(result, sort_keys=True))

@@ -1,5 +1,6 @@
 """`python -m reproduce selfcheck` as a user runs it: JSON out, exit 0 when streaming matches the
-whole image, 1 when it does not (a margin below the receptive-field radius), 2 on bad input; and
+whole image, 1 when it does not (a margin below the receptive-field radius), 2 on bad input; both
+engines (levels, the default, in one super-window and in several; the one-level windows); and
 its float64 reference (really float64, equal to float32 within float32's precision) and the rule
 that judges streaming's error by the float32 whole image's own error against it."""
 import json
@@ -23,21 +24,30 @@ def last_json(text):
     return json.loads(text.strip().splitlines()[-1])
 
 
-# The three runs that build ResNet-50, by the test that reads each.
+# The runs that build ResNet-50, by the test that reads each.
+LEVELS_CANVAS = ["--height", "608", "--width", "352", "--content", "150x120", "--perturb-bn"]
 RUNS = {
     # 2 x 2 windows; the whole model first takes Adam steps, so the dense weights are trained
     "test_passes_non_square_not_multiple_of_32_with_trained_head": [
-        "--height", "641", "--width", "610", "--tile", "96", "--head", "trained",
-        "--train-steps", "1", "--perturb-bn"],
+        "--engine", "windows", "--height", "641", "--width", "610", "--tile", "96", "--head",
+        "trained", "--train-steps", "1", "--perturb-bn"],
     "test_exits_1_when_margin_is_too_small": [
-        "--height", "97", "--width", "1105", "--tile", "64", "--margin", "64"],
+        "--engine", "windows", "--height", "97", "--width", "1105", "--tile", "64", "--margin",
+        "64"],
     # 1217 x 893 px (neither a multiple of 32): one tile around the tissue plus a 513 x 509 px
     # proxy for the fill compute ~94% of the canvas, near the smallest canvas on which skipping
     # pays at all for this content (1400 x 1300: 69%, but 1.7 x the reference's whole-image work).
     "test_content_skips_the_fill_and_stays_exact": [
-        "--height", "1217", "--width", "893", "--content", "150x120", "--tile", "768",
-        "--perturb-bn"],
+        "--engine", "windows", "--height", "1217", "--width", "893", "--content", "150x120",
+        "--tile", "768", "--perturb-bn"],
+    # Levels (the default engine) on tissue rotated by 288 degrees, off centre and cut by the
+    # right edge: rows longer than the proxy (512 of 608 px, so its maps are not the identity),
+    # once in one super-window (~30 s) and once split by --tile 192 into 6 (~60 s).
+    "test_levels_one_super_window": LEVELS_CANVAS,
+    "test_levels_split_into_super_windows": LEVELS_CANVAS + ["--tile", "192"],
 }
+# Runs that a test compares with besides its own.
+ALSO_READS = {"test_levels_split_into_super_windows": ["test_levels_one_super_window"]}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +56,7 @@ def started(request, tmp_path_factory):
     each spends ~15 s single-threaded (imports, building ResNet-50, tracing), which two cores
     overlap. Returns a function: test name -> CompletedProcess."""
     selected = {item.originalname or item.name for item in request.session.items}
+    selected |= {other for name in selected for other in ALSO_READS.get(name, ())}
     folder = tmp_path_factory.mktemp("selfcheck")
     running = {}
     for name, args in RUNS.items():
@@ -106,6 +117,44 @@ def test_content_skips_the_fill_and_stays_exact(started):
     assert_judged_against_float64(result, passed=True)
 
 
+def levels_result(started, name):
+    """A levels run's JSON, checked to pass and to report the levels engine's fields."""
+    done = started(name)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = last_json(done.stdout)
+    assert result["passed"] and result["engine"] == "levels"
+    assert not {"tiles", "computed_pixel_ratio", "margin"} & set(result)
+    assert result["content"] == [150, 120] and result["proxy"] == [512, 352]
+    top, bottom, left, right = result["content_box"]
+    assert abs((top + bottom) / 2 - 304) > 50 or abs((left + right) / 2 - 176) > 50
+    assert bottom - top > 150       # turned by other than a multiple of 90 degrees: a wider box
+    assert result["logit_rel_error"] <= 1e-5 and result["cam_rel_error"] <= 1e-5
+    assert result["gradient_max_rel_error"] <= 1e-4 and result["gradient_tensors"] == 108
+    assert 0 < result["floor_flops"] < result["planned_flops"]
+    assert result["flops_ratio"] == pytest.approx(
+        result["planned_flops"] / result["floor_flops"], abs=1e-4)
+    assert_judged_against_float64(result, passed=True)
+    return result
+
+
+def test_levels_one_super_window(started):
+    result = levels_result(started, "test_levels_one_super_window")
+    assert result["tile"] is None and result["super_windows"] == 1
+    assert result["windows"] >= 17      # at least one window on each level
+
+
+def test_levels_split_into_super_windows(started):
+    """--tile 192 (at most 6 output cells a side): several super-windows, the same numbers, more
+    work (each super-window recomputes its cells' receptive fields) above the same floor."""
+    split = levels_result(started, "test_levels_split_into_super_windows")
+    whole = levels_result(started, "test_levels_one_super_window")
+    assert split["tile"] == 192 and split["super_windows"] > 1
+    assert split["windows"] > whole["windows"]
+    assert split["floor_flops"] == whole["floor_flops"]
+    assert split["planned_flops"] > whole["planned_flops"]
+    assert split["logit"] == pytest.approx(whole["logit"], abs=1e-5)
+
+
 def assert_judged_against_float64(result, passed):
     """The JSON's float64 block: both sides' errors, the stated rule, and a verdict that follows
     from the limiting tensor's ratio."""
@@ -126,11 +175,29 @@ def assert_judged_against_float64(result, passed):
 
 
 @pytest.mark.parametrize("args", [["--tile", "33"], ["--size", "0"], ["--content", "12"],
-                                  ["--content", "0x5"]])
+                                  ["--content", "0x5"], ["--engine", "tiles"]])
 def test_bad_input_is_one_line(args):
     done = selfcheck(*args)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.strip().startswith("error:")
+
+
+@pytest.mark.parametrize("args", [["--margin", "64"], ["--engine", "levels", "--margin", "64"]])
+def test_margin_is_refused_with_the_levels_engine(args):
+    """The inexact margin is the windows engine's: with levels (the default) it is a user
+    error, one line, before any model is built."""
+    done = selfcheck(*args)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --margin") and "windows" in lines[0]
+
+
+def test_check_refuses_margin_with_levels_and_unknown_engines():
+    from model.selfcheck import check
+    with pytest.raises(ValueError, match="windows engine only"):
+        check(32, 32, margin=64)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        check(32, 32, engine="tiles")
 
 
 # In-process: the float64 copy and the rule, on a small image (seconds).

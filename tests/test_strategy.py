@@ -210,11 +210,13 @@ def test_bench_plans_with_the_same_tile(fake_gpu):
                           universal_newlines=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["tile"] == _gpu_tile(GPU_MIB["0"])
-    assert "streaming: tile {} px".format(result["tile"]) in done.stderr
-    assert "(nvidia-smi)" in done.stderr
+    # the plan in levels takes the GPU's share, less the runtime, as its budget
+    budget = GPU_MIB["0"] * MIB * strategy.GPU_SHARE - strategy.BASE_BYTES
+    assert result["tile"] is None
+    assert result["memory_budget_gb"] == pytest.approx(budget / 1e9, abs=0.01)
+    assert "streaming: in levels" in done.stderr and "(nvidia-smi)" in done.stderr
     both = subprocess.run([sys.executable, "-m", "reproduce", "bench", "--size", "4096",
-                           "--tile", "1024", "--memory-gb", "12"], cwd=ROOT,
+                           "--mode", "windows", "--tile", "1024", "--memory-gb", "12"], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert both.returncode == 2 and both.stderr.strip().startswith("error: --tile and --memory-gb")
 

@@ -1,0 +1,781 @@
+"""Exact streaming in levels: each level of the network computed only where its output can
+differ from the fill, in windows that carry only that level's own reach.
+
+Levels. The backbone is cut into 17 levels (``LEVELS``): the stem (conv1 and its max pooling,
+4 px per output position) and each of the 16 bottleneck blocks. Level l reads the output map of
+level l-1 (the image for the stem) and writes its own. An output position of a level is a fixed
+function of the input positions within its *reach* (``Level.reach``: 5 px for the stem, one
+position for a stride-1 block, two input positions for a stride-2 block), so a window that
+computes output rows [a, b) of a level needs its input rows [s a - before, s (b-1) + reach + 1)
+(s: the level's stride, ``before``: the reach rounded up to s, so that the window's grid is the
+canvas's grid), clipped to the canvas, where the zero padding is the whole image's. Convs inside
+a window use Keras' own padding; the positions that it corrupts lie in the reach and are cut off
+(``_crop``) before the level's last 1x1 conv.
+
+Active positions. A position of level l whose receptive field (``Level.radius`` px around its
+centre ``Level.jump`` i) holds only fill pixels has the value that a uniform fill image gives at
+the same distance from the canvas edges (see model/streaming.py, "Uniform cells"). So each level
+computes only its *active* positions, those whose receptive field touches a non-fill pixel
+(``active_mask``: the content's own pixels, through a summed-area table, so a rotated footprint or
+tissue with white glass around it is followed, not its box). Every other position that a window
+reads is taken from a proxy: the network run once on a small uniform image with the canvas's
+phase (``ProxyMaps``), whose positions stand for canvas positions of the same edge signature, at
+every level. That is the floor of model/flops.py, computed level by level: the work above it is
+each level's reach at the edges of its windows, the rectangles that cover a mask, and the proxy.
+
+Windows. A level's active positions are covered by rectangles (``cover``): its rows cut into
+bands, each band's active columns into runs, each run's rows trimmed to its active rows. The band
+height is chosen per level to minimise that level's planned MACs (short bands follow a rotated
+edge closely; tall ones repeat the reach less). Windows of a level never overlap; the next level's
+windows assemble their input from the pieces that cross them and from the proxy (``_compose``).
+
+Memory. A training step keeps every level's activations under one gradient tape: no level is
+recomputed. When that does not fit the memory budget, the output cells are split into
+super-windows (``plan``): each is computed as above for only the positions that its cells need,
+under its own tape, and the proxy's gradient is accumulated over them and run back once. The
+super-windows' overlap (each needs its cells' receptive fields) is the price of less memory.
+
+Forward and backward are the Streaming strategy's (model/streaming.py): the GAP is the sum over
+computed output cells plus, for the cells never computed, the proxy cells weighted by how many
+canvas cells each stands for (K); dL/dF is the same at every cell, so one weighted sum under a
+tape gives every backbone gradient, scaled by dL/dlogit / N at the end.
+"""
+import collections
+import math
+
+import numpy as np
+
+from data.canvas import as_canvas
+from model.flops import summed_area
+from model.loss import bce, sigmoid
+from model.resnet import FEATURES, LAYERS, OUTPUT_STRIDE, cam_logits, preprocess
+from model.streaming import output_cells, proxy_axis
+
+# ----------------------------------------------------------------------------------- geometry
+
+
+class Level(collections.namedtuple(
+        "Level", "name stride before reach jump radius channels projection layers")):
+    """One level: ``stride`` (its input grid to its output grid), ``before``/``reach`` (input
+    positions a window needs before its first output's centre / after its last one's),
+    ``jump`` (px per output position), ``radius`` (px of the output's receptive field either
+    side of its centre), ``channels`` (of its output), ``projection`` (a block with a 1x1
+    shortcut conv), ``layers`` (its rows of ``model.resnet.LAYERS``)."""
+    __slots__ = ()
+
+
+def _levels():
+    by_name = {layer.name: layer for layer in LAYERS}
+    stem = [by_name["conv1_conv"], by_name["pool1_pool"]]
+    pool = by_name["pool1_pool"]
+    # pool k reads conv1 [2k-1, 2k+1], conv1 j reads px [2j-3, 2j+3]: px [4k-5, 4k+5]
+    levels = [Level("stem", 4, 8, 5, pool.jump, pool.radius, pool.channels_out, False,
+                    tuple(stem))]
+    prefixes = [layer.name[:-len("_3_conv")] for layer in LAYERS if layer.name.endswith("_3_conv")]
+    for prefix in prefixes:
+        first, last = by_name[prefix + "_1_conv"], by_name[prefix + "_3_conv"]
+        stride = first.stride
+        layers = tuple(layer for layer in LAYERS if layer.name.startswith(prefix + "_"))
+        # output k: the 3x3 reads the 1x1's k-1..k+1, which read input s(k-1)..s(k+1)
+        levels.append(Level(prefix, stride, stride, stride, last.jump, last.radius,
+                            last.channels_out, prefix + "_0_conv" in by_name, layers))
+    return tuple(levels)
+
+
+LEVELS = _levels()
+
+
+def grid(length, level):
+    """Output positions of ``level`` along an axis of ``length`` px: ceil(length / jump)."""
+    return -(-int(length) // level.jump)
+
+
+def input_span(level, start, stop, length):
+    """The input positions [lo, hi) that output positions [start, stop) of ``level`` read, on an
+    input axis of ``length`` positions (clipped: the zero padding there is the whole image's)."""
+    return (max(0, level.stride * start - level.before),
+            min(length, level.stride * (stop - 1) + level.reach + 1))
+
+
+def _input_length(index, length):
+    return int(length) if index == 0 else grid(length, LEVELS[index - 1])
+
+
+def window_macs(index, rows, cols, length_rows, length_cols):
+    """Forward MACs of level ``index`` computing output rows [rows) x cols [cols) (half-open
+    pairs) on a canvas of ``length_rows`` x ``length_cols`` px."""
+    level = LEVELS[index]
+    in_rows = input_span(level, rows[0], rows[1], _input_length(index, length_rows))
+    in_cols = input_span(level, cols[0], cols[1], _input_length(index, length_cols))
+    n_r, n_c = in_rows[1] - in_rows[0], in_cols[1] - in_cols[0]
+    out = (rows[1] - rows[0]) * (cols[1] - cols[0])
+    if index == 0:      # conv1 over its whole window (stride 2); the pooling costs nothing
+        return level.layers[0].macs * (-(-n_r // 2)) * (-(-n_c // 2))
+    s = level.stride
+    full = (-(-n_r // s)) * (-(-n_c // s))      # the 1x1 and the 3x3 run on the whole window
+    total = 0
+    for layer in level.layers:
+        suffix = layer.name[len(level.name) + 1:]
+        total += layer.macs * (full if suffix in ("1_conv", "2_conv") else out)
+    return total
+
+
+# Bytes that a training step keeps per value of a level's layers, calibrated so that the whole
+# network on P px costs model.strategy's TRAIN_BYTES_PER_PIXEL x P (its one memory model).
+def _values_per_position(level):
+    """Activation values of ``level`` per output position (every layer's output, at its own
+    grid, per position of the level's output grid)."""
+    return sum(layer.channels_out * (level.jump / float(layer.jump)) ** 2
+               for layer in level.layers)
+
+
+def bytes_per_value(training=True):
+    from model.strategy import BASE_BYTES, bytes_per_pixel  # noqa: F401  (one memory model)
+    per_px = sum(_values_per_position(level) / float(level.jump ** 2) for level in LEVELS)
+    return bytes_per_pixel(training) / per_px
+
+
+# ------------------------------------------------------------------------------- active masks
+
+def active_mask(canvas, index, table=None):
+    """(row0, col0, mask): bool mask of level ``index``'s output positions whose receptive field
+    (clipped to the canvas) holds a non-fill pixel of ``canvas``, over the rows/cols from
+    (row0, col0) that can; (0, 0, empty) when none can. ``table``: the content box's summed-area
+    table (``model.flops.summed_area``), when the caller has it."""
+    level = LEVELS[index]
+    if canvas.empty:
+        return 0, 0, np.zeros((0, 0), bool)
+    top, bottom, left, right = canvas.box
+    height, width = canvas.shape
+
+    def axis(a, b, length):
+        n = grid(length, level)
+        i0 = max(0, -(-(a - level.radius) // level.jump))
+        i1 = min(n, (b - 1 + level.radius) // level.jump + 1)
+        centre = np.arange(i0, i1, dtype=np.int64) * level.jump
+        lo = np.clip(centre - level.radius - a, 0, b - a)
+        hi = np.clip(centre + level.radius + 1 - a, 0, b - a)
+        return i0, lo, hi
+
+    r0, top_px, bottom_px = axis(top, bottom, height)
+    c0, left_px, right_px = axis(left, right, width)
+    if table is None:
+        table = summed_area(canvas)
+    if table[-1, -1] == (bottom - top) * (right - left):   # no fill in the box
+        return r0, c0, np.ones((top_px.size, left_px.size), bool)
+    mask = np.empty((top_px.size, left_px.size), bool)
+    step = max(1, (1 << 22) // max(1, left_px.size))
+    for a in range(0, top_px.size, step):
+        low, high = table[top_px[a:a + step]], table[bottom_px[a:a + step]]
+        band = high - low
+        mask[a:a + step] = (band[:, right_px] - band[:, left_px]) > 0
+    return r0, c0, mask
+
+
+# ----------------------------------------------------------------------------------- planning
+
+# What a window costs beyond its MACs (a call, its input assembled, small convolutions running
+# below the CPU's full rate), in MACs: about 25 ms of a 2-core CPU's rate (~40 GMAC/s).
+WINDOW_MACS = 5e8
+
+Window = collections.namedtuple("Window", "top bottom left right")
+Window.__doc__ = """Output positions [top, bottom) x [left, right) of one level, canvas grid."""
+
+
+def _runs(flags, gap):
+    """[start, stop) runs of True in ``flags``, joining runs less than ``gap`` apart."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    runs = []
+    for start, stop in zip(edges[0::2], edges[1::2]):
+        if runs and start - runs[-1][1] < gap:
+            runs[-1][1] = stop
+        else:
+            runs.append([start, stop])
+    return runs
+
+
+def _bands(mask, r0, c0, height, gap):
+    windows = []
+    for a in range(0, mask.shape[0], height):
+        band = mask[a:a + height]
+        for start, stop in _runs(band.any(axis=0), gap):
+            rows = np.flatnonzero(band[:, start:stop].any(axis=1))
+            windows.append(Window(r0 + a + rows[0], r0 + a + rows[-1] + 1,
+                                  c0 + start, c0 + stop))
+    return windows
+
+
+def cover(index, mask, r0, c0, shape):
+    """Disjoint windows of level ``index`` covering the True positions of ``mask`` (whose [0, 0]
+    is output position (r0, c0)) on a canvas of ``shape`` px, with the fewest planned MACs over
+    band heights of 1, 2, 4, ... rows, each window also charged ``WINDOW_MACS``."""
+    if not mask.any():
+        return []
+    gap = 2 * LEVELS[index].stride + 2      # a narrower gap costs more reach than it saves
+    best = None
+    height = 1
+    while True:
+        windows = _bands(mask, r0, c0, height, gap)
+        cost = sum(window_macs(index, (w.top, w.bottom), (w.left, w.right), *shape)
+                   for w in windows) + WINDOW_MACS * len(windows)
+        if best is None or cost < best[0]:
+            best = (cost, windows)
+        if height >= mask.shape[0]:
+            return best[1]
+        height *= 2
+
+
+def _paint(windows, index, shape, r0, c0, rows, cols):
+    """bool (rows, cols) mask from (r0, c0) on level ``index - 1``'s grid: the input positions
+    that ``windows`` of level ``index`` read."""
+    level = LEVELS[index]
+    need = np.zeros((rows, cols), bool)
+    n_r, n_c = _input_length(index, shape[0]), _input_length(index, shape[1])
+    for w in windows:
+        a, b = input_span(level, w.top, w.bottom, n_r)
+        c, d = input_span(level, w.left, w.right, n_c)
+        need[max(0, a - r0):max(0, b - r0), max(0, c - c0):max(0, d - c0)] = True
+    return need
+
+
+class Plan(collections.namedtuple("Plan", "shape parts proxy counts reads_uniform")):
+    """What a canvas costs: ``parts``, one list of windows per level for each super-window (one
+    when everything fits at once); the proxy's size (``ProxyGeometry``); K, how many canvas
+    output cells that no super-window computes each proxy cell stands for; whether a window
+    reads a position that no window computed (``uses_proxy``: either makes the proxy run)."""
+    __slots__ = ()
+
+    @property
+    def windows(self):
+        return sum(len(level) for part in self.parts for level in part)
+
+    def macs(self):
+        """Forward MACs the plan computes: every window of every level, and the proxy."""
+        from model.flops import network_macs
+        total = sum(window_macs(i, (w.top, w.bottom), (w.left, w.right), *self.shape)
+                    for part in self.parts for i, level in enumerate(part) for w in level)
+        if self.uses_proxy:
+            total += network_macs(self.proxy.height, self.proxy.width)
+        return int(total)
+
+    @property
+    def uses_proxy(self):
+        return bool(self.reads_uniform or self.counts.any())
+
+    def part_bytes(self, training=True):
+        """Bytes of the largest super-window: every level's output kept (float32; a training
+        step keeps them all, and their gradients for two levels at a time), plus the largest
+        window's own work at ``bytes_per_value``."""
+        per = bytes_per_value(training)
+        largest = 0.0
+        for part in self.parts:
+            outputs = [4.0 * LEVELS[i].channels * sum((w.bottom - w.top) * (w.right - w.left)
+                                                      for w in level)
+                       for i, level in enumerate(part)]
+            window = max([0.0] + [per * _values_per_position(LEVELS[i]) * (w.bottom - w.top + 2)
+                                  * (w.right - w.left + 2)
+                                  for i, level in enumerate(part) for w in level])
+            if training:
+                kept = sum(outputs) + max(a + b for a, b in zip(outputs, outputs[1:] + [0.0]))
+            else:
+                kept = max(a + b for a, b in zip(outputs, outputs[1:] + [0.0]))
+            largest = max(largest, kept + window)
+        return largest
+
+
+def _part(canvas, masks, cells):
+    """The windows of every level for output cells ``cells`` = (top, bottom, left, right) of the
+    last level: from the last level back, each covers its active positions that the next one
+    reads."""
+    shape = canvas.shape
+    top, bottom, left, right = cells
+    need, uniform = None, False
+    part = [None] * len(LEVELS)
+    for index in range(len(LEVELS) - 1, -1, -1):
+        r0, c0, mask = masks[index]
+        if need is None:
+            m = np.zeros_like(mask)
+            m[max(0, top - r0):max(0, bottom - r0), max(0, left - c0):max(0, right - c0)] = True
+            mask = mask & m
+        else:
+            mask = mask & need
+        part[index] = cover(index, mask, r0, c0, shape)
+        if need is not None and not uniform:    # does the next level read what none computed?
+            covered = np.zeros_like(need)
+            for w in part[index]:
+                covered[w.top - r0:w.bottom - r0, w.left - c0:w.right - c0] = True
+            uniform = bool((need & ~covered).any())
+        if index:
+            pr0, pc0, prev = masks[index - 1]
+            need = _paint(part[index], index, shape, pr0, pc0, *prev.shape)
+            # a read outside the active region's bounding rows/cols is uniform too
+            uniform = uniform or _reads_outside(part[index], index, shape, pr0, pc0, prev.shape)
+    return part, uniform
+
+
+def _reads_outside(windows, index, shape, r0, c0, size):
+    level = LEVELS[index]
+    n_r, n_c = _input_length(index, shape[0]), _input_length(index, shape[1])
+    for w in windows:
+        a, b = input_span(level, w.top, w.bottom, n_r)
+        c, d = input_span(level, w.left, w.right, n_c)
+        if a < r0 or c < c0 or b > r0 + size[0] or d > c0 + size[1]:
+            return True
+    return False
+
+
+ProxyGeometry = collections.namedtuple("ProxyGeometry", "height width")
+
+
+def _signature(length, jump, radius, i):
+    centre = jump * i
+    return (i if centre - radius < 0 else None,
+            length - 1 - centre if centre + radius > length - 1 else None)
+
+
+def proxy_maps(length, proxy_length):
+    """For each level, the proxy position (int64 array) of each canvas position of its grid along
+    an axis of ``length`` px; None when the proxy lacks a signature."""
+    maps = []
+    for level in LEVELS:
+        proxy = {}
+        for k in range(grid(proxy_length, level)):
+            proxy.setdefault(_signature(proxy_length, level.jump, level.radius, k), k)
+        n = grid(length, level)
+        out = np.empty(n, np.int64)
+        interior = proxy.get((None, None))
+        for i in range(n):
+            centre = level.jump * i
+            if centre - level.radius >= 0 and centre + level.radius <= length - 1:
+                if interior is None:
+                    return None
+                out[i] = interior
+                continue
+            k = proxy.get(_signature(length, level.jump, level.radius, i))
+            if k is None:
+                return None
+            out[i] = k
+        maps.append(out)
+    return maps
+
+
+def proxy_length(length):
+    """The shortest proxy axis (congruent to ``length`` mod 32) with every signature of every
+    level that an axis of ``length`` px has, and its maps (``proxy_maps``)."""
+    start = proxy_axis(length)[0]
+    for candidate in range(start, int(length) + 1, OUTPUT_STRIDE):
+        maps = proxy_maps(length, candidate)
+        if maps is not None:
+            return candidate, maps
+    raise AssertionError("unreachable: the axis is its own proxy")
+
+
+def _split(cells, count):
+    a, b = cells
+    edges = [a + (b - a) * k // count for k in range(count + 1)]
+    return [(x, y) for x, y in zip(edges[:-1], edges[1:]) if y > x]
+
+
+def plan(canvas, memory_bytes=None, training=True, tile=None):
+    """The ``Plan`` of a ``data.canvas.Canvas``: one super-window over every active output cell
+    when its kept activations fit ``memory_bytes`` (None: no limit), else the fewest near-equal
+    super-windows that do. ``tile``: at most this many px of output cells per super-window side
+    (a multiple of 32), whatever the memory."""
+    canvas = as_canvas(canvas)
+    height, width = canvas.shape
+    table = None if canvas.empty else summed_area(canvas)
+    masks = [active_mask(canvas, i, table) for i in range(len(LEVELS))]
+    r0, c0, last = masks[-1]
+    proxy_h, rows_map = proxy_length(height)
+    proxy_w, cols_map = proxy_length(width)
+    rows_per = np.bincount(rows_map[-1], minlength=grid(proxy_h, LEVELS[-1]))
+    cols_per = np.bincount(cols_map[-1], minlength=grid(proxy_w, LEVELS[-1]))
+    counts = np.outer(rows_per, cols_per)
+    parts, uniform = [], False
+    if last.any():
+        rows = np.flatnonzero(last.any(axis=1))
+        cols = np.flatnonzero(last.any(axis=0))
+        box = (r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1)
+        n = 1
+        cap = None if tile is None else max(1, int(tile) // OUTPUT_STRIDE)
+        while True:
+            n_r = n_c = n
+            if cap is not None:
+                n_r = max(n_r, -(-(box[1] - box[0]) // cap))
+                n_c = max(n_c, -(-(box[3] - box[2]) // cap))
+            cells = [(a, b, c, d) for a, b in _split(box[:2], n_r) for c, d in _split(box[2:], n_c)]
+            made = [_part(canvas, masks, c) for c in cells]
+            parts = [m[0] for m in made]
+            uniform = any(m[1] for m in made)
+            candidate = Plan((height, width), parts, ProxyGeometry(proxy_h, proxy_w), counts,
+                             uniform)
+            if memory_bytes is None or candidate.part_bytes(training) <= memory_bytes \
+                    or n >= max(box[1] - box[0], box[3] - box[2]):
+                break
+            # each super-window needs its cells' receptive fields whatever its size, so more
+            # of them help less and less: grow their number geometrically
+            n = max(n + 1, int(n * 1.5))
+        for part in parts:
+            for w in part[-1]:
+                counts = counts - np.outer(
+                    np.bincount(rows_map[-1][w.top:w.bottom], minlength=counts.shape[0]),
+                    np.bincount(cols_map[-1][w.left:w.right], minlength=counts.shape[1]))
+    plan_ = Plan((height, width), parts, ProxyGeometry(proxy_h, proxy_w), counts, uniform)
+    return plan_, rows_map, cols_map
+
+
+# ---------------------------------------------------------------------------------- computing
+
+Piece = collections.namedtuple("Piece", "top bottom left right value")
+
+
+class LevelStreaming(object):
+    """The exact streaming strategy in levels (module docstring), for one slide at a time.
+
+    ``memory_gb`` (or ``memory_bytes``): the budget of a step's kept activations (None: this
+    machine's share, ``model.strategy._machine_budget``, less the runtime's ``BASE_BYTES``);
+    ``tile``: caps a super-window's side in px of output cells.
+    ``progress``: a tqdm bar over each call's windows. ``predict`` and ``gradients`` keep the
+    contract of ``model.streaming.Streaming``; ``last_plan`` is the last call's ``Plan``.
+    Runs eagerly (TF1's graph mode uses ``model.streaming.Streaming``).
+    """
+
+    def __init__(self, model, memory_gb=None, tile=None, progress=False, memory_bytes=None):
+        self.model, self.tile, self.progress = model, tile, progress
+        self.memory_bytes = memory_bytes if memory_gb is None else float(memory_gb) * 1e9
+        self.last_plan = None
+        base = [layer for layer in model.backbone.layers
+                if hasattr(layer, "layers") and layer.layers][0]
+        self._layer = base.get_layer
+        self._backbone_vars = list(model.backbone.trainable_variables)
+        import tensorflow as tf
+        self._functions = []
+        for index, level in enumerate(LEVELS):
+            spec = (tf.TensorSpec([None, None, 3], tf.uint8) if index == 0 else
+                    tf.TensorSpec([None, None, LEVELS[index - 1].channels], tf.float32))
+            self._functions.append(tf.function(
+                lambda x, crop, i=index: self._level_fn(i, x, crop),
+                input_signature=[spec, tf.TensorSpec([4], tf.int32)]))
+        # each level's own trainable variables, and where they sit in the backbone's list
+        index_of = {id(v): i for i, v in enumerate(self._backbone_vars)}
+        self._level_vars, self._level_index, self._backward_functions = [], [], []
+        for index, level in enumerate(LEVELS):
+            variables = [v for layer in level.layers
+                         for v in base.get_layer(layer.name).trainable_weights]
+            self._level_vars.append(variables)
+            self._level_index.append([index_of[id(v)] for v in variables])
+            spec = (tf.TensorSpec([None, None, 3], tf.uint8) if index == 0 else
+                    tf.TensorSpec([None, None, LEVELS[index - 1].channels], tf.float32))
+            self._backward_functions.append(tf.function(
+                lambda x, crop, up, i=index: self._backward_fn(i, x, crop, up),
+                input_signature=[spec, tf.TensorSpec([4], tf.int32),
+                                 tf.TensorSpec([None, None, level.channels], tf.float32)]))
+        if sorted(sum(self._level_index, [])) != list(range(len(self._backbone_vars))):
+            raise ValueError("streaming: the levels do not hold every backbone variable once")
+        head = {id(model.head.kernel): "kernel", id(model.head.bias): "bias"}
+        backbone = {id(v): i for i, v in enumerate(self._backbone_vars)}
+        self._order = []
+        for v in model.trainable_variables:
+            if id(v) in backbone:
+                self._order.append(backbone[id(v)])
+            elif id(v) in head:
+                self._order.append(head[id(v)])
+            else:
+                raise ValueError("streaming: trainable variable {} is neither in the backbone nor "
+                                 "the head".format(v.name))
+
+    # -- one level on one window ---------------------------------------------------------------
+    def _stem(self, x, crop):
+        layer = self._layer
+        y = preprocess(x)[None]
+        y = layer("conv1_conv")(layer("conv1_pad")(y))
+        y = layer("conv1_relu")(layer("conv1_bn")(y, training=False))
+        y = layer("pool1_pool")(layer("pool1_pad")(y))[0]
+        return y[crop[0]:crop[1], crop[2]:crop[3]]
+
+    def _block(self, level, x, crop):
+        layer = lambda suffix: self._layer(level.name + "_" + suffix)  # noqa: E731
+        s = level.stride
+        y = layer("1_relu")(layer("1_bn")(layer("1_conv")(x[None]), training=False))
+        y = layer("2_relu")(layer("2_bn")(layer("2_conv")(y), training=False))
+        y = y[:, crop[0]:crop[1], crop[2]:crop[3]]
+        y = layer("3_bn")(layer("3_conv")(y), training=False)
+        # the shortcut on the kept positions only: input s*i for output i
+        short = x[crop[0] * s:(crop[1] - 1) * s + 1, crop[2] * s:(crop[3] - 1) * s + 1][None]
+        if level.projection:
+            short = layer("0_bn")(layer("0_conv")(short), training=False)
+        return layer("out")(layer("add")([short, y]))[0]
+
+    def _level_fn(self, index, x, crop):
+        return self._stem(x, crop) if index == 0 else self._block(LEVELS[index], x, crop)
+
+    def _level(self, index, x, crop):
+        """Level ``index`` on the input window ``x``, its output positions ``crop`` (window
+        grid: rows [crop[0], crop[1]), cols [crop[2], crop[3])) kept. Each level is one
+        tf.function, traced once (every window shape shares it): under a tape, TensorFlow then
+        keeps only what the level's backward needs, as in a graph."""
+        return self._functions[index](x, np.asarray(crop, np.int32))
+
+    # -- the proxy ------------------------------------------------------------------------------
+    @staticmethod
+    def _proxy_image(canvas, geometry):
+        import tensorflow as tf
+        image = np.empty((geometry.height, geometry.width, 3), np.uint8)
+        image[...] = canvas.fill
+        return tf.constant(image)
+
+    def _proxy(self, canvas, geometry):
+        x, maps = self._proxy_image(canvas, geometry), []
+        for index, level in enumerate(LEVELS):
+            rows, cols = -(-int(x.shape[0]) // level.stride), -(-int(x.shape[1]) // level.stride)
+            x = self._level(index, x, (0, rows, 0, cols))
+            maps.append(x)
+        return maps
+
+    # -- assembling a window's input ----------------------------------------------------------
+    def _uniform(self, proxy, rows_map, cols_map, rows, cols):
+        import tensorflow as tf
+        return tf.gather(tf.gather(proxy, rows_map[rows[0]:rows[1]]),
+                         cols_map[cols[0]:cols[1]], axis=1)
+
+    def _compose(self, pieces, uniform, rows, cols):
+        """The map over rows x cols: the pieces that cross it, the proxy elsewhere."""
+        import tensorflow as tf
+        crossing = [p for p in pieces if p.top < rows[1] and p.bottom > rows[0]
+                    and p.left < cols[1] and p.right > cols[0]]
+        if len(crossing) == 1:
+            p = crossing[0]
+            if p.top <= rows[0] and p.bottom >= rows[1] and p.left <= cols[0] \
+                    and p.right >= cols[1]:
+                return p.value[rows[0] - p.top:rows[1] - p.top, cols[0] - p.left:cols[1] - p.left]
+        cuts = sorted({rows[0], rows[1]} | {v for p in crossing for v in (p.top, p.bottom)
+                                            if rows[0] < v < rows[1]})
+        bands = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            here = sorted((p for p in crossing if p.top < b and p.bottom > a),
+                          key=lambda p: p.left)
+            parts, at = [], cols[0]
+            for p in here:
+                if p.left > at:
+                    parts.append(uniform((a, b), (at, p.left)))
+                start, stop = max(at, p.left), min(cols[1], p.right)
+                parts.append(p.value[a - p.top:b - p.top, start - p.left:stop - p.left])
+                at = stop
+            if at < cols[1]:
+                parts.append(uniform((a, b), (at, cols[1])))
+            bands.append(parts[0] if len(parts) == 1 else tf.concat(parts, axis=1))
+        return bands[0] if len(bands) == 1 else tf.concat(bands, axis=0)
+
+    def _input(self, canvas, index, rows, cols, previous, uniform_of):
+        """A window's input: the canvas's pixels for the stem, else the previous level's
+        pieces over rows x cols and the proxy's values where no piece was computed."""
+        import tensorflow as tf
+        if index == 0:
+            return tf.constant(canvas.window(rows[0], rows[1], cols[0], cols[1]))
+        return self._compose(previous, uniform_of[index - 1], rows, cols)
+
+    @staticmethod
+    def _crop(level, w, rows, cols):
+        s = level.stride
+        return (w.top - rows[0] // s, w.bottom - rows[0] // s,
+                w.left - cols[0] // s, w.right - cols[0] // s)
+
+    def _run_level(self, canvas, index, windows, previous, uniform_of, bar):
+        """The pieces of level ``index``: each window computed from its input."""
+        level = LEVELS[index]
+        height, width = canvas.shape
+        n_r, n_c = _input_length(index, height), _input_length(index, width)
+        made = []
+        for w in windows:
+            rows = input_span(level, w.top, w.bottom, n_r)
+            cols = input_span(level, w.left, w.right, n_c)
+            x = self._input(canvas, index, rows, cols, previous, uniform_of)
+            made.append(Piece(w.top, w.bottom, w.left, w.right,
+                              self._level(index, x, self._crop(level, w, rows, cols))))
+            if bar is not None:
+                bar.update(1)
+        return made
+
+    def _run_part(self, canvas, part, proxies, rows_map, cols_map, bar):
+        """The last level's pieces of one super-window, every level computed in turn."""
+        uniform_of = [lambda r, c, p=p: self._uniform(proxies[p], rows_map[p], cols_map[p], r, c)
+                      for p in range(len(LEVELS))]
+        pieces = None
+        for index, windows in enumerate(part):
+            pieces = self._run_level(canvas, index, windows, pieces, uniform_of, bar)
+        return pieces
+
+    # -- the strategy contract ------------------------------------------------------------------
+    def _budget(self, training):
+        if self.memory_bytes is not None:
+            return self.memory_bytes
+        from model.strategy import BASE_BYTES, _machine_budget
+        return _machine_budget(None, None)[0] - BASE_BYTES
+
+    def plan(self, image, training=True):
+        """(Plan, row maps, column maps) of an image or canvas (see ``plan``)."""
+        return plan(as_canvas(image), self._budget(training), training, self.tile)
+
+    def _bar(self, plan_):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=plan_.windows, desc="windows", unit="window", leave=False)
+
+    def _head(self):
+        import tensorflow as tf
+        kernel, bias = tf.keras.backend.batch_get_value([self.model.head.kernel,
+                                                         self.model.head.bias])
+        return kernel[:, 0].astype(np.float64), float(bias[0])
+
+    def predict(self, image, cam=False):
+        """dict(probability, logit, cam): cam is the pre-sigmoid CAM, (ceil(H/32), ceil(W/32))."""
+        canvas = as_canvas(image)
+        plan_, rows_map, cols_map = self.plan(canvas, training=False)
+        self.last_plan = plan_
+        total = np.zeros(FEATURES, np.float64)
+        grid_ = np.zeros((output_cells(canvas.shape[0]), output_cells(canvas.shape[1])),
+                         np.float32) if cam else None
+        proxies = [None] * len(LEVELS)
+        if plan_.uses_proxy:
+            proxies = self._proxy(canvas, plan_.proxy)
+            final = proxies[-1].numpy().astype(np.float64)
+            total += np.tensordot(plan_.counts.astype(np.float64), final, axes=[[0, 1], [0, 1]])
+            if cam:
+                proxy_cam = cam_logits(self.model, proxies[-1]).numpy()
+                grid_ = proxy_cam[np.ix_(rows_map[-1], cols_map[-1])].astype(np.float32)
+        bar = self._bar(plan_)
+        for part in plan_.parts:
+            for p in self._run_part(canvas, part, proxies, rows_map, cols_map, bar):
+                total += p.value.numpy().astype(np.float64).sum(axis=(0, 1))
+                if cam:
+                    grid_[p.top:p.bottom, p.left:p.right] = cam_logits(self.model, p.value).numpy()
+        if bar is not None:
+            bar.close()
+        kernel, bias = self._head()
+        logit = float(total.dot(kernel) / _cells(canvas) + bias)
+        return dict(probability=sigmoid(logit), logit=logit, cam=grid_)
+
+    def _backward_fn(self, index, x, crop, upstream):
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            if index:
+                tape.watch(x)
+            y = self._level_fn(index, x, crop)
+        sources = self._level_vars[index] + ([x] if index else [])
+        return tape.gradient(y, sources, output_gradients=upstream)
+
+    def _backward(self, index, x, crop, upstream):
+        """(gradients of the level's variables, of its input or None): the level recomputed on
+        its window and run back from ``upstream``, the gradient of its kept output."""
+        grads = self._backward_functions[index](x, np.asarray(crop, np.int32), upstream)
+        n = len(self._level_vars[index])
+        return grads[:n], (grads[n].numpy() if index else None)
+
+    def _scatter(self, dx, rows, cols, pieces, d_pieces, d_proxy, rows_map, cols_map):
+        """Adds a window's input gradient ``dx`` (rows x cols of a level's grid) to the pieces'
+        gradients where a piece computed it, and to the proxy's, by signature, elsewhere."""
+        uniform = dx
+        copied = False
+        for k, p in enumerate(pieces):
+            a, b = max(rows[0], p.top), min(rows[1], p.bottom)
+            c, d = max(cols[0], p.left), min(cols[1], p.right)
+            if a >= b or c >= d:
+                continue
+            d_pieces[k][a - p.top:b - p.top, c - p.left:d - p.left] += \
+                dx[a - rows[0]:b - rows[0], c - cols[0]:d - cols[0]]
+            if not copied:
+                uniform, copied = dx.copy(), True
+            uniform[a - rows[0]:b - rows[0], c - cols[0]:d - cols[0]] = 0
+        if d_proxy is None:     # the plan reads no uniform position
+            return
+        # the maps run start-cut, interior, end-cut: sum runs of equal values, then add
+        r = rows_map[rows[0]:rows[1]]
+        c = cols_map[cols[0]:cols[1]]
+        r_starts = np.flatnonzero(np.diff(np.concatenate([[-1], r])))
+        c_starts = np.flatnonzero(np.diff(np.concatenate([[-1], c])))
+        summed = np.add.reduceat(np.add.reduceat(uniform, r_starts, axis=0), c_starts, axis=1)
+        np.add.at(d_proxy, np.ix_(r[r_starts], c[c_starts]), summed)
+
+    def gradients(self, image, label):
+        """(loss, probability, grads): BCE of one slide; grads line up with
+        ``model.trainable_variables`` (tf.Tensor float32).
+
+        Forward: every level's windows, keeping each level's output pieces. Backward: from the
+        last level to the first, each window recomputed and run back from its pieces' gradient;
+        its input gradient goes to the previous level's pieces, or to the proxy where the input
+        was uniform. The proxy is run back last, level by level."""
+        import tensorflow as tf
+        canvas = as_canvas(image)
+        label = float(label.numpy() if hasattr(label, "numpy") else label)
+        plan_, rows_map, cols_map = self.plan(canvas, training=True)
+        self.last_plan = plan_
+        height, width = canvas.shape
+        kernel_np = self._head()[0].astype(np.float32)
+        total = np.zeros(FEATURES, np.float64)
+        proxies = d_proxies = [None] * len(LEVELS)
+        if plan_.uses_proxy:
+            proxies = self._proxy(canvas, plan_.proxy)
+            total += np.tensordot(plan_.counts.astype(np.float64),
+                                  proxies[-1].numpy().astype(np.float64), axes=[[0, 1], [0, 1]])
+            d_proxies = [np.zeros(p.shape, np.float32) for p in proxies]
+            d_proxies[-1] += plan_.counts.astype(np.float32)[:, :, None] * kernel_np
+        accumulated = [np.zeros(v.shape, np.float32) for v in self._backbone_vars]
+        uniform_of = [lambda r, c, p=p: self._uniform(proxies[p], rows_map[p], cols_map[p], r, c)
+                      for p in range(len(LEVELS))]
+        bar = self._bar(plan_)
+        for part in plan_.parts:
+            kept = []
+            for index, windows in enumerate(part):      # forward, keeping every level's output
+                kept.append(self._run_level(canvas, index, windows, kept[-1] if kept else None,
+                                            uniform_of, bar))
+            for p in kept[-1]:
+                total += p.value.numpy().astype(np.float64).sum(axis=(0, 1))
+            d_pieces = [np.broadcast_to(kernel_np, tuple(p.value.shape)).copy() for p in kept[-1]]
+            for index in range(len(LEVELS) - 1, -1, -1):   # backward
+                level = LEVELS[index]
+                n_r, n_c = _input_length(index, height), _input_length(index, width)
+                previous = kept[index - 1] if index else None
+                d_previous = [np.zeros(p.value.shape, np.float32) for p in previous or []]
+                for w, d_piece in zip(part[index], d_pieces):
+                    rows = input_span(level, w.top, w.bottom, n_r)
+                    cols = input_span(level, w.left, w.right, n_c)
+                    x = self._input(canvas, index, rows, cols, previous, uniform_of)
+                    crop = self._crop(level, w, rows, cols)
+                    d_vars, dx = self._backward(index, x, crop, d_piece)
+                    for i, g in zip(self._level_index[index], d_vars):
+                        accumulated[i] += g.numpy()
+                    if index:
+                        self._scatter(dx, rows, cols, previous, d_previous, d_proxies[index - 1],
+                                      rows_map[index - 1], cols_map[index - 1])
+                    if bar is not None:
+                        bar.update(1)
+                d_pieces = d_previous
+                kept[index] = None
+        if bar is not None:
+            bar.close()
+        for index in range(len(LEVELS) - 1, -1, -1) if plan_.uses_proxy else ():  # the proxy
+            x = self._proxy_image(canvas, plan_.proxy) if index == 0 else proxies[index - 1]
+            crop = (0, int(proxies[index].shape[0]), 0, int(proxies[index].shape[1]))
+            d_vars, dx = self._backward(index, x, crop, d_proxies[index])
+            for i, g in zip(self._level_index[index], d_vars):
+                accumulated[i] += g.numpy()
+            if index:
+                d_proxies[index - 1] += dx
+        head_kernel, bias = self._head()
+        cells = _cells(canvas)
+        gap = total / cells
+        logit = float(gap.dot(head_kernel) + bias)
+        probability = sigmoid(logit)
+        dlogit = probability - label
+        scale = np.float32(dlogit / cells)
+        backbone = [tf.constant(g * scale) for g in accumulated]
+        head = {"kernel": tf.constant((dlogit * gap)[:, None], tf.float32),
+                "bias": tf.constant([dlogit], tf.float32)}
+        grads = [head[k] if isinstance(k, str) else backbone[k] for k in self._order]
+        return bce(logit, label), probability, grads
+
+
+def _cells(canvas):
+    return output_cells(canvas.shape[0]) * output_cells(canvas.shape[1])
