@@ -49,7 +49,7 @@ from data.canvas import as_canvas
 from model.flops import summed_area
 from model.loss import bce, sigmoid
 from model.resnet import FEATURES, LAYERS, OUTPUT_STRIDE, cam_logits, preprocess
-from model.streaming import output_cells, proxy_axis
+from model.streaming import output_cells, proxy_axis, variable_order
 
 # ----------------------------------------------------------------------------------- geometry
 
@@ -473,17 +473,7 @@ class LevelStreaming(object):
                                  tf.TensorSpec([None, None, level.channels], tf.float32)]))
         if sorted(sum(self._level_index, [])) != list(range(len(self._backbone_vars))):
             raise ValueError("streaming: the levels do not hold every backbone variable once")
-        head = {id(model.head.kernel): "kernel", id(model.head.bias): "bias"}
-        backbone = {id(v): i for i, v in enumerate(self._backbone_vars)}
-        self._order = []
-        for v in model.trainable_variables:
-            if id(v) in backbone:
-                self._order.append(backbone[id(v)])
-            elif id(v) in head:
-                self._order.append(head[id(v)])
-            else:
-                raise ValueError("streaming: trainable variable {} is neither in the backbone nor "
-                                 "the head".format(v.name))
+        self._order = variable_order(model, self._backbone_vars)
 
     # -- one level on one window ---------------------------------------------------------------
     def _stem(self, x, crop):

@@ -262,6 +262,23 @@ def plan(canvas, tile, margin=MARGIN, skip_uniform=True):
     return skipping if skipping.computed_pixels < full.computed_pixels else full
 
 
+def variable_order(model, backbone_vars):
+    """Where each of ``model.trainable_variables`` comes from: its index in ``backbone_vars``,
+    or "kernel" / "bias" for the head's, so that a strategy's grads line up with them."""
+    head = {id(model.head.kernel): "kernel", id(model.head.bias): "bias"}
+    backbone = {id(v): i for i, v in enumerate(backbone_vars)}
+    order = []
+    for v in model.trainable_variables:
+        if id(v) in backbone:
+            order.append(backbone[id(v)])
+        elif id(v) in head:
+            order.append(head[id(v)])
+        else:
+            raise ValueError("streaming: trainable variable {} is neither in the backbone nor "
+                             "the head".format(v.name))
+    return order
+
+
 class Streaming(object):
     """Exact tile-wise strategy for one slide at a time (the contract of docs/architecture.md).
 
@@ -294,18 +311,7 @@ class Streaming(object):
         self.model, self.tile, self.margin, self.progress = model, tile, margin, progress
         self.skip_uniform, self.last_plan = skip_uniform, None
         self._backbone_vars = list(model.backbone.trainable_variables)
-        head = {id(model.head.kernel): "kernel", id(model.head.bias): "bias"}
-        backbone = {id(v): i for i, v in enumerate(self._backbone_vars)}
-        # where each of model.trainable_variables comes from, so grads line up with them
-        self._order = []
-        for v in model.trainable_variables:
-            if id(v) in backbone:
-                self._order.append(backbone[id(v)])
-            elif id(v) in head:
-                self._order.append(head[id(v)])
-            else:
-                raise ValueError("streaming: trainable variable {} is neither in the backbone nor "
-                                 "the head".format(v.name))
+        self._order = variable_order(model, self._backbone_vars)
 
         window_spec = tf.TensorSpec([None, None, 3], tf.uint8)
         weights_spec = tf.TensorSpec([None, None], tf.float32)   # one weight per window cell
