@@ -213,17 +213,25 @@ def cover(index, mask, r0, c0, shape):
     if not mask.any():
         return []
     gap = 2 * LEVELS[index].stride + 2      # a narrower gap costs more reach than it saves
+    heights = [1]
+    while heights[-1] < mask.shape[0]:
+        heights.append(2 * heights[-1])
+    filled = np.concatenate([[0], np.cumsum(mask.any(axis=1))])
     best = None
-    height = 1
-    while True:
+    # tallest first, so that the charge of one window per non-empty band rules out most short
+    # heights without cutting them; ties go to the shorter height
+    for height in heights[::-1]:
+        starts = np.arange(0, mask.shape[0], height)
+        stops = np.minimum(starts + height, mask.shape[0])
+        if best is not None and \
+                np.count_nonzero(filled[stops] > filled[starts]) * WINDOW_MACS > best[0]:
+            continue
         windows = _bands(mask, r0, c0, height, gap)
         cost = sum(window_macs(index, (w.top, w.bottom), (w.left, w.right), *shape)
                    for w in windows) + WINDOW_MACS * len(windows)
-        if best is None or cost < best[0]:
+        if best is None or cost <= best[0]:
             best = (cost, windows)
-        if height >= mask.shape[0]:
-            return best[1]
-        height *= 2
+    return best[1]
 
 
 def _paint(windows, index, shape, r0, c0, rows, cols):
