@@ -29,16 +29,19 @@ height is chosen per level to minimise that level's planned MACs (short bands fo
 edge closely; tall ones repeat the reach less). Windows of a level never overlap; the next level's
 windows assemble their input from the pieces that cross them and from the proxy (``_compose``).
 
-Memory. A training step keeps every level's activations under one gradient tape: no level is
-recomputed. When that does not fit the memory budget, the output cells are split into
-super-windows (``plan``): each is computed as above for only the positions that its cells need,
-under its own tape, and the proxy's gradient is accumulated over them and run back once. The
-super-windows' overlap (each needs its cells' receptive fields) is the price of less memory.
+Memory. A training step's forward keeps every level's output pieces and, for each block's
+windows, the outputs of its 1x1 and 3x3 convs after ReLU. The backward runs from the last level
+to the first, each block's layers run back from what was kept (``_block_backward_fn``: frozen
+BatchNorm is a fixed scale, so no block is recomputed; only the stem, 3% of the MACs, is). When
+that does not fit the memory budget, the output cells are split into super-windows (``plan``):
+each is computed as above for only the positions that its cells need, and the proxy's gradient
+is accumulated over them and run back once. The super-windows' overlap (each needs its cells'
+receptive fields) is the price of less memory.
 
-Forward and backward are the Streaming strategy's (model/streaming.py): the GAP is the sum over
-computed output cells plus, for the cells never computed, the proxy cells weighted by how many
-canvas cells each stands for (K); dL/dF is the same at every cell, so one weighted sum under a
-tape gives every backbone gradient, scaled by dL/dlogit / N at the end.
+The GAP is the sum over computed output cells plus, for the cells never computed, the proxy
+cells weighted by how many canvas cells each stands for (K, ``Plan.counts``); dL/dF is the same
+at every cell (the head's kernel, scaled by dL/dlogit / N at the end), so the backward starts
+from that kernel at every computed cell and K times it at each proxy cell.
 """
 import collections
 import math
@@ -273,13 +276,12 @@ class Plan(collections.namedtuple("Plan", "shape parts proxy counts reads_unifor
 
     def part_bytes(self, training=True):
         """Bytes of the largest super-window: every level's output kept (float32; a training
-        step keeps them all, and their gradients for two levels at a time), plus the largest
-        window's own work at ``bytes_per_value``."""
+        step keeps them all with each block's two inner activations, and their gradients for
+        two levels at a time), plus the largest window's own work at ``bytes_per_value``."""
         per = bytes_per_value(training)
         largest = 0.0
         for part in self.parts:
-            outputs = [4.0 * LEVELS[i].channels * sum((w.bottom - w.top) * (w.right - w.left)
-                                                      for w in level)
+            outputs = [4.0 * sum(_kept_values(i, w, self.shape, training) for w in level)
                        for i, level in enumerate(part)]
             window = max([0.0] + [per * _values_per_position(LEVELS[i]) * (w.bottom - w.top + 2)
                                   * (w.right - w.left + 2)
@@ -290,6 +292,21 @@ class Plan(collections.namedtuple("Plan", "shape parts proxy counts reads_unifor
                 kept = max(a + b for a, b in zip(outputs, outputs[1:] + [0.0]))
             largest = max(largest, kept + window)
         return largest
+
+
+def _kept_values(index, w, shape, training):
+    """Values that a step keeps for window ``w`` of level ``index`` until its backward: its
+    output, and in training its inner activations over its whole window (a block's 1x1 and 3x3
+    outputs, at its stride; the stem's conv1 output, at stride 2)."""
+    level = LEVELS[index]
+    values = level.channels * (w.bottom - w.top) * (w.right - w.left)
+    if training:
+        rows = input_span(level, w.top, w.bottom, _input_length(index, shape[0]))
+        cols = input_span(level, w.left, w.right, _input_length(index, shape[1]))
+        s, channels = (2, level.channels) if index == 0 else \
+            (level.stride, 2 * (level.channels // 4))
+        values += channels * (-(-(rows[1] - rows[0]) // s)) * (-(-(cols[1] - cols[0]) // s))
+    return values
 
 
 def _part(canvas, masks, cells):
@@ -467,46 +484,143 @@ class LevelStreaming(object):
                 input_signature=[spec, tf.TensorSpec([4], tf.int32)]))
         # each level's own trainable variables, and where they sit in the backbone's list
         index_of = {id(v): i for i, v in enumerate(self._backbone_vars)}
-        self._level_vars, self._level_index, self._backward_functions = [], [], []
+        self._level_vars, self._level_index = [], []
         for index, level in enumerate(LEVELS):
             variables = [v for layer in level.layers
                          for v in base.get_layer(layer.name).trainable_weights]
             self._level_vars.append(variables)
             self._level_index.append([index_of[id(v)] for v in variables])
-            spec = (tf.TensorSpec([None, None, 3], tf.uint8) if index == 0 else
-                    tf.TensorSpec([None, None, LEVELS[index - 1].channels], tf.float32))
-            self._backward_functions.append(tf.function(
-                lambda x, crop, up, i=index: self._backward_fn(i, x, crop, up),
-                input_signature=[spec, tf.TensorSpec([4], tf.int32),
-                                 tf.TensorSpec([None, None, level.channels], tf.float32)]))
+        # training: each level's forward also returns its inner activations after ReLU, and
+        # its backward runs from them, recomputing nothing that costs MACs
+        crop = tf.TensorSpec([4], tf.int32)
+        image = tf.TensorSpec([None, None, 3], tf.uint8)
+        conv1 = tf.TensorSpec([None, None, LEVELS[0].channels], tf.float32)
+        self._train_functions = [tf.function(lambda x, c: self._stem(x, c, inner=True),
+                                             input_signature=[image, crop])]
+        self._back_functions = [tf.function(self._stem_backward_fn,
+                                            input_signature=[image, crop, conv1, conv1])]
+        for index, level in enumerate(LEVELS[1:], 1):
+            x_spec = tf.TensorSpec([None, None, LEVELS[index - 1].channels], tf.float32)
+            inner = tf.TensorSpec([None, None, level.channels // 4], tf.float32)
+            out = tf.TensorSpec([None, None, level.channels], tf.float32)
+            self._train_functions.append(tf.function(
+                lambda x, c, i=index: self._block(LEVELS[i], x, c, inner=True),
+                input_signature=[x_spec, crop]))
+            self._back_functions.append(tf.function(
+                lambda x, c, a1, a2, y, up, i=index: self._block_backward_fn(i, x, c, a1, a2, y,
+                                                                               up),
+                input_signature=[x_spec, crop, inner, inner, out, out], autograph=False))
         if sorted(sum(self._level_index, [])) != list(range(len(self._backbone_vars))):
             raise ValueError("streaming: the levels do not hold every backbone variable once")
         self._order = variable_order(model, self._backbone_vars)
 
     # -- one level on one window ---------------------------------------------------------------
-    def _stem(self, x, crop):
+    def _stem(self, x, crop, inner=False):
         layer = self._layer
         y = preprocess(x)[None]
         y = layer("conv1_conv")(layer("conv1_pad")(y))
-        y = layer("conv1_relu")(layer("conv1_bn")(y, training=False))
-        y = layer("pool1_pool")(layer("pool1_pad")(y))[0]
-        return y[crop[0]:crop[1], crop[2]:crop[3]]
+        a = layer("conv1_relu")(layer("conv1_bn")(y, training=False))
+        y = self._pool(a, crop)
+        return (y, a[0]) if inner else y
 
-    def _block(self, level, x, crop):
+    def _pool(self, a, crop):
+        layer = self._layer
+        return layer("pool1_pool")(layer("pool1_pad")(a))[0][crop[0]:crop[1], crop[2]:crop[3]]
+
+    def _stem_backward_fn(self, x, crop, a, upstream):
+        """The stem's backward from its kept conv1 output after ReLU (``a``): the pooling's
+        gradient (it costs no MACs) under a tape, then conv1's kernel and bias by hand."""
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            pooled = self._pool(a[None], crop)
+        d_a = tape.gradient(pooled, a, output_gradients=upstream)
+        bn = self._layer("conv1_bn")
+        d_z = (d_a * tf.cast(a > 0, tf.float32)
+               * (bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)))[None]
+        kernel = self._layer("conv1_conv").kernel
+        image = self._layer("conv1_pad")(preprocess(x)[None])
+        return [tf.compat.v1.nn.conv2d_backprop_filter(image, tf.shape(kernel), d_z,
+                                                       [1, 2, 2, 1], "VALID"),
+                tf.reduce_sum(d_z, axis=[0, 1, 2])]
+
+    def _block(self, level, x, crop, inner=False):
         layer = lambda suffix: self._layer(level.name + "_" + suffix)  # noqa: E731
         s = level.stride
-        y = layer("1_relu")(layer("1_bn")(layer("1_conv")(x[None]), training=False))
-        y = layer("2_relu")(layer("2_bn")(layer("2_conv")(y), training=False))
-        y = y[:, crop[0]:crop[1], crop[2]:crop[3]]
+        a1 = layer("1_relu")(layer("1_bn")(layer("1_conv")(x[None]), training=False))
+        a2 = layer("2_relu")(layer("2_bn")(layer("2_conv")(a1), training=False))
+        y = a2[:, crop[0]:crop[1], crop[2]:crop[3]]
         y = layer("3_bn")(layer("3_conv")(y), training=False)
         # the shortcut on the kept positions only: input s*i for output i
         short = x[crop[0] * s:(crop[1] - 1) * s + 1, crop[2] * s:(crop[3] - 1) * s + 1][None]
         if level.projection:
             short = layer("0_bn")(layer("0_conv")(short), training=False)
-        return layer("out")(layer("add")([short, y]))[0]
+        out = layer("out")(layer("add")([short, y]))[0]
+        return (out, a1[0], a2[0]) if inner else out
 
     def _level_fn(self, index, x, crop):
         return self._stem(x, crop) if index == 0 else self._block(LEVELS[index], x, crop)
+
+    def _block_backward_fn(self, index, x, crop, a1, a2, out, upstream):
+        """The backward of block ``index`` on one window, layer by layer from what its forward
+        kept (``a1``, ``a2``: the 1x1's and the 3x3's outputs after ReLU over the whole window;
+        ``out``: the block's output), so that nothing is recomputed. Frozen BatchNorm is a fixed
+        scale per channel; a 1x1 conv's gradients are two matrix products. Returns the
+        gradients of the level's variables (``_level_vars`` order) and of ``x``."""
+        import tensorflow as tf
+        level = LEVELS[index]
+        s = level.stride
+        layer = lambda suffix: self._layer(level.name + "_" + suffix)  # noqa: E731
+
+        def scale(suffix):
+            bn = layer(suffix + "_bn")
+            return bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+
+        def one_by_one(x_in, dz, suffix):
+            kernel = layer(suffix).kernel
+            grads[suffix] = (tf.tensordot(x_in, dz, axes=[[0, 1], [0, 1]])[None, None],
+                             tf.reduce_sum(dz, axis=[0, 1]))
+            return tf.tensordot(dz, kernel[0, 0], axes=[[2], [1]])
+
+        grads = {}
+        g = upstream * tf.cast(out > 0, tf.float32)
+        d_a2 = one_by_one(a2[crop[0]:crop[1], crop[2]:crop[3]], g * scale("3"), "3_conv")
+        shape2 = tf.shape(a2)
+        d_a2 = tf.pad(d_a2, [[crop[0], shape2[0] - crop[1]], [crop[2], shape2[1] - crop[3]],
+                             [0, 0]])
+        d_z2 = (d_a2 * tf.cast(a2 > 0, tf.float32) * scale("2"))[None]
+        kernel2 = layer("2_conv").kernel
+        grads["2_conv"] = (
+            tf.compat.v1.nn.conv2d_backprop_filter(a1[None], tf.shape(kernel2), d_z2,
+                                                   [1, 1, 1, 1], "SAME"),
+            tf.reduce_sum(d_z2, axis=[0, 1, 2]))
+        d_a1 = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(a1[None]), kernel2, d_z2,
+                                                     [1, 1, 1, 1], "SAME")[0]
+        d_z1 = d_a1 * tf.cast(a1 > 0, tf.float32) * scale("1")
+        shape = tf.shape(x)
+        dx = _spread(one_by_one(x[::s, ::s], d_z1, "1_conv"), s, shape[0], shape[1])
+        # the shortcut read input s*i for each kept output i
+        if level.projection:
+            short = x[crop[0] * s:(crop[1] - 1) * s + 1:s, crop[2] * s:(crop[3] - 1) * s + 1:s]
+            d_short = one_by_one(short, g * scale("0"), "0_conv")
+        else:
+            d_short = g
+        rows, cols = (crop[1] - 1) * s + 1 - crop[0] * s, (crop[3] - 1) * s + 1 - crop[2] * s
+        dx += tf.pad(_spread(d_short, s, rows, cols),
+                     [[crop[0] * s, shape[0] - crop[0] * s - rows],
+                      [crop[2] * s, shape[1] - crop[2] * s - cols], [0, 0]])
+        ordered = []
+        for conv in level.layers:
+            ordered.extend(grads[conv.name[len(level.name) + 1:]])
+        return ordered + [dx]
+
+    def _forward(self, index, x, crop, inner=None):
+        """``_level``; with a list ``inner``, a block also appends its inner activations."""
+        if inner is None:
+            return self._level(index, x, crop)
+        made = self._train_functions[index](x, np.asarray(crop, np.int32))
+        inner.append(tuple(made[1:]))
+        return made[0]
 
     def _level(self, index, x, crop):
         """Level ``index`` on the input window ``x``, its output positions ``crop`` (window
@@ -523,11 +637,12 @@ class LevelStreaming(object):
         image[...] = canvas.fill
         return tf.constant(image)
 
-    def _proxy(self, canvas, geometry):
+    def _proxy(self, canvas, geometry, inner=None):
+        """The proxy's map at every level; ``inner``: a list per level (training)."""
         x, maps = self._proxy_image(canvas, geometry), []
         for index, level in enumerate(LEVELS):
             rows, cols = -(-int(x.shape[0]) // level.stride), -(-int(x.shape[1]) // level.stride)
-            x = self._level(index, x, (0, rows, 0, cols))
+            x = self._forward(index, x, (0, rows, 0, cols), None if inner is None else inner[index])
             maps.append(x)
         return maps
 
@@ -579,8 +694,9 @@ class LevelStreaming(object):
         return (w.top - rows[0] // s, w.bottom - rows[0] // s,
                 w.left - cols[0] // s, w.right - cols[0] // s)
 
-    def _run_level(self, canvas, index, windows, previous, uniform_of, bar):
-        """The pieces of level ``index``: each window computed from its input."""
+    def _run_level(self, canvas, index, windows, previous, uniform_of, bar, inner=None):
+        """The pieces of level ``index``: each window computed from its input. ``inner``: a
+        list that receives each block window's inner activations (training)."""
         level = LEVELS[index]
         height, width = canvas.shape
         n_r, n_c = _input_length(index, height), _input_length(index, width)
@@ -589,8 +705,8 @@ class LevelStreaming(object):
             rows = input_span(level, w.top, w.bottom, n_r)
             cols = input_span(level, w.left, w.right, n_c)
             x = self._input(canvas, index, rows, cols, previous, uniform_of)
-            made.append(Piece(w.top, w.bottom, w.left, w.right,
-                              self._level(index, x, self._crop(level, w, rows, cols))))
+            value = self._forward(index, x, self._crop(level, w, rows, cols), inner)
+            made.append(Piece(w.top, w.bottom, w.left, w.right, value))
             if bar is not None:
                 bar.update(1)
         return made
@@ -655,39 +771,33 @@ class LevelStreaming(object):
         logit = float(total.dot(kernel) / _cells(canvas) + bias)
         return dict(probability=sigmoid(logit), logit=logit, cam=grid_)
 
-    def _backward_fn(self, index, x, crop, upstream):
-        import tensorflow as tf
-        with tf.GradientTape() as tape:
-            if index:
-                tape.watch(x)
-            y = self._level_fn(index, x, crop)
-        sources = self._level_vars[index] + ([x] if index else [])
-        return tape.gradient(y, sources, output_gradients=upstream)
-
-    def _backward(self, index, x, crop, upstream):
-        """(gradients of the level's variables, of its input or None): the level recomputed on
-        its window and run back from ``upstream``, the gradient of its kept output."""
-        grads = self._backward_functions[index](x, np.asarray(crop, np.int32), upstream)
-        n = len(self._level_vars[index])
-        return grads[:n], (grads[n].numpy() if index else None)
+    def _run_back(self, index, x, crop, upstream, out=None, inner=None):
+        """(gradients of level ``index``'s variables, of its input or None), from ``upstream``,
+        the gradient of its kept output ``out``, from its kept ``inner`` activations."""
+        crop = np.asarray(crop, np.int32)
+        if index == 0:
+            return self._back_functions[0](x, crop, inner[0], upstream), None
+        grads = self._back_functions[index](x, crop, inner[0], inner[1], out, upstream)
+        return grads[:-1], grads[-1].numpy()
 
     def _scatter(self, dx, rows, cols, pieces, d_pieces, d_proxy, rows_map, cols_map):
         """Adds a window's input gradient ``dx`` (rows x cols of a level's grid) to the pieces'
         gradients where a piece computed it, and to the proxy's, by signature, elsewhere."""
-        uniform = dx
-        copied = False
+        crossed = []
         for k, p in enumerate(pieces):
             a, b = max(rows[0], p.top), min(rows[1], p.bottom)
             c, d = max(cols[0], p.left), min(cols[1], p.right)
-            if a >= b or c >= d:
-                continue
-            d_pieces[k][a - p.top:b - p.top, c - p.left:d - p.left] += \
-                dx[a - rows[0]:b - rows[0], c - cols[0]:d - cols[0]]
-            if not copied:
-                uniform, copied = dx.copy(), True
-            uniform[a - rows[0]:b - rows[0], c - cols[0]:d - cols[0]] = 0
-        if d_proxy is None:     # the plan reads no uniform position
+            if a < b and c < d:
+                d_pieces[k][a - p.top:b - p.top, c - p.left:d - p.left] += \
+                    dx[a - rows[0]:b - rows[0], c - cols[0]:d - cols[0]]
+                crossed.append((a - rows[0], b - rows[0], c - cols[0], d - cols[0]))
+        # pieces never overlap: when they fill the window, no position came from the proxy
+        area = sum((b - a) * (d - c) for a, b, c, d in crossed)
+        if d_proxy is None or area == (rows[1] - rows[0]) * (cols[1] - cols[0]):
             return
+        uniform = dx.copy() if crossed else dx
+        for a, b, c, d in crossed:
+            uniform[a:b, c:d] = 0
         # the maps run start-cut, interior, end-cut: sum runs of equal values, then add
         r = rows_map[rows[0]:rows[1]]
         c = cols_map[cols[0]:cols[1]]
@@ -713,8 +823,9 @@ class LevelStreaming(object):
         kernel_np = self._head()[0].astype(np.float32)
         total = np.zeros(FEATURES, np.float64)
         proxies = d_proxies = [None] * len(LEVELS)
+        proxy_inner = [[] for _ in LEVELS]
         if plan_.uses_proxy:
-            proxies = self._proxy(canvas, plan_.proxy)
+            proxies = self._proxy(canvas, plan_.proxy, proxy_inner)
             total += np.tensordot(plan_.counts.astype(np.float64),
                                   proxies[-1].numpy().astype(np.float64), axes=[[0, 1], [0, 1]])
             d_proxies = [np.zeros(p.shape, np.float32) for p in proxies]
@@ -724,10 +835,11 @@ class LevelStreaming(object):
                       for p in range(len(LEVELS))]
         bar = self._bar(plan_)
         for part in plan_.parts:
-            kept = []
+            kept, inner = [], []
             for index, windows in enumerate(part):      # forward, keeping every level's output
+                inner.append([])
                 kept.append(self._run_level(canvas, index, windows, kept[-1] if kept else None,
-                                            uniform_of, bar))
+                                            uniform_of, bar, inner[-1]))
             for p in kept[-1]:
                 total += p.value.numpy().astype(np.float64).sum(axis=(0, 1))
             d_pieces = [np.broadcast_to(kernel_np, tuple(p.value.shape)).copy() for p in kept[-1]]
@@ -736,12 +848,13 @@ class LevelStreaming(object):
                 n_r, n_c = _input_length(index, height), _input_length(index, width)
                 previous = kept[index - 1] if index else None
                 d_previous = [np.zeros(p.value.shape, np.float32) for p in previous or []]
-                for w, d_piece in zip(part[index], d_pieces):
+                for k, (w, d_piece) in enumerate(zip(part[index], d_pieces)):
                     rows = input_span(level, w.top, w.bottom, n_r)
                     cols = input_span(level, w.left, w.right, n_c)
                     x = self._input(canvas, index, rows, cols, previous, uniform_of)
                     crop = self._crop(level, w, rows, cols)
-                    d_vars, dx = self._backward(index, x, crop, d_piece)
+                    d_vars, dx = self._run_back(index, x, crop, d_piece, kept[index][k].value,
+                                                inner[index][k])
                     for i, g in zip(self._level_index[index], d_vars):
                         accumulated[i] += g.numpy()
                     if index:
@@ -750,13 +863,14 @@ class LevelStreaming(object):
                     if bar is not None:
                         bar.update(1)
                 d_pieces = d_previous
-                kept[index] = None
+                kept[index] = inner[index] = None
         if bar is not None:
             bar.close()
         for index in range(len(LEVELS) - 1, -1, -1) if plan_.uses_proxy else ():  # the proxy
             x = self._proxy_image(canvas, plan_.proxy) if index == 0 else proxies[index - 1]
             crop = (0, int(proxies[index].shape[0]), 0, int(proxies[index].shape[1]))
-            d_vars, dx = self._backward(index, x, crop, d_proxies[index])
+            d_vars, dx = self._run_back(index, x, crop, d_proxies[index], proxies[index],
+                                        proxy_inner[index][0])
             for i, g in zip(self._level_index[index], d_vars):
                 accumulated[i] += g.numpy()
             if index:
@@ -773,6 +887,19 @@ class LevelStreaming(object):
                 "bias": tf.constant([dlogit], tf.float32)}
         grads = [head[k] if isinstance(k, str) else backbone[k] for k in self._order]
         return bce(logit, label), probability, grads
+
+
+def _spread(d, stride, rows, cols):
+    """``d`` (h, w, c) at every ``stride``-th position of a zero (rows, cols, c) map (the input
+    gradient of a strided 1x1 conv): rows s*i, cols s*j hold d[i, j]."""
+    import tensorflow as tf
+    if stride == 1:
+        return d
+    shape = tf.shape(d)
+    grown = tf.pad(d[:, None, :, None], [[0, 0], [0, stride - 1], [0, 0], [0, stride - 1],
+                                          [0, 0]])
+    grown = tf.reshape(grown, [shape[0] * stride, shape[1] * stride, shape[2]])
+    return grown[:rows, :cols]
 
 
 def _cells(canvas):
