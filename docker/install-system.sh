@@ -12,7 +12,8 @@ if command -v mpirun >/dev/null 2>&1 && command -v mpicc >/dev/null 2>&1 \
     with_mpi=0
 fi
 
-pkgs=(libopenslide0 build-essential git ca-certificates curl)
+# TCMalloc: `python -m reproduce` preloads it (reproduce/__main__.py, "Allocator").
+pkgs=(libopenslide0 libtcmalloc-minimal4 build-essential git ca-certificates curl)
 # Headless Chromium renders the HTML report in its test (tests/test_report.py) and takes the
 # README's screenshot. Debian ships it as a plain package; Ubuntu 18.04 as chromium-browser;
 # later Ubuntu releases only as a snap, which a container cannot run: left out there.

@@ -108,6 +108,16 @@ def content_canvas(content, size, params):
     return augment.apply_canvas(content.tissue, params, size)
 
 
+def allocator():
+    """'tcmalloc' when this process runs on TCMalloc (reproduce/__main__.py preloads it), else
+    'system': the timings depend on it."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "tcmalloc" if "libtcmalloc" in maps.read() else "system"
+    except OSError:
+        return "system"
+
+
 def _to_stderr(line):
     print(line, file=sys.stderr, flush=True)
 
@@ -313,6 +323,7 @@ def measure(height, width, mode, tile=None, memory_gb=None, steps=1, predict=Fal
         step(_image(*warm))      # traces the graphs and creates Adam's slots
         image = _image(height, width)
     result["loadavg"] = round(os.getloadavg()[0], 2)
+    result["allocator"] = allocator()
     times = _timed(step, image, steps, augmented=bool(content))
     if mode == "streaming":
         plan = strategy.last_plan

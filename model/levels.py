@@ -23,11 +23,14 @@ phase (``ProxyMaps``), whose positions stand for canvas positions of the same ed
 every level. That is the floor of model/flops.py, computed level by level: the work above it is
 each level's reach at the edges of its windows, the rectangles that cover a mask, and the proxy.
 
-Windows. A level's active positions are covered by rectangles (``cover``): its rows cut into
-bands, each band's active columns into runs, each run's rows trimmed to its active rows. The band
-height is chosen per level to minimise that level's planned MACs (short bands follow a rotated
-edge closely; tall ones repeat the reach less). Windows of a level never overlap; the next level's
-windows assemble their input from the pieces that cross them and from the proxy (``_compose``).
+Windows. A level's active positions are covered by disjoint rectangles (``cover``), the cheaper
+in planned MACs of two covers: recursive cuts (``_guillotine``: the active box cut in two along
+the row or column that costs least, each part trimmed to its own active positions, for as long as
+a cut lowers the cost), and bands (its rows cut into bands of one height, each band's active
+columns into runs, each run's rows trimmed). Each window is also charged ``WINDOW_MACS`` for its
+call: short windows follow a rotated edge closely, tall ones repeat the reach less. The next
+level's windows assemble their input from the pieces that cross them and from the proxy
+(``_compose``).
 
 Memory. A training step's forward keeps every level's output pieces and, for each block's
 windows, the outputs of its 1x1 and 3x3 convs after ReLU. The backward runs from the last level
@@ -107,19 +110,28 @@ def _input_length(index, length):
 def window_macs(index, rows, cols, length_rows, length_cols):
     """Forward MACs of level ``index`` computing output rows [rows) x cols [cols) (half-open
     pairs) on a canvas of ``length_rows`` x ``length_cols`` px."""
+    return int(_macs(index, rows[0], rows[1], cols[0], cols[1], length_rows, length_cols))
+
+
+def _macs(index, top, bottom, left, right, length_rows, length_cols):
+    """``window_macs`` of windows [top, bottom) x [left, right): scalars or int64 arrays."""
     level = LEVELS[index]
-    in_rows = input_span(level, rows[0], rows[1], _input_length(index, length_rows))
-    in_cols = input_span(level, cols[0], cols[1], _input_length(index, length_cols))
-    n_r, n_c = in_rows[1] - in_rows[0], in_cols[1] - in_cols[0]
-    out = (rows[1] - rows[0]) * (cols[1] - cols[0])
+    s = level.stride
+
+    def span(start, stop, length):     # input_span on arrays
+        length = _input_length(index, length)
+        return (np.minimum(length, s * (stop - 1) + level.reach + 1)
+                - np.maximum(0, s * start - level.before))
+
+    n_r, n_c = span(top, bottom, length_rows), span(left, right, length_cols)
     if index == 0:      # conv1 over its whole window (stride 2); the pooling costs nothing
         return level.layers[0].macs * (-(-n_r // 2)) * (-(-n_c // 2))
-    s = level.stride
     full = (-(-n_r // s)) * (-(-n_c // s))      # the 1x1 and the 3x3 run on the whole window
+    out = (bottom - top) * (right - left)
     total = 0
     for layer in level.layers:
         suffix = layer.name[len(level.name) + 1:]
-        total += layer.macs * (full if suffix in ("1_conv", "2_conv") else out)
+        total = total + layer.macs * (full if suffix in ("1_conv", "2_conv") else out)
     return total
 
 
@@ -209,10 +221,64 @@ def _bands(mask, r0, c0, height, gap):
     return windows
 
 
+def _cuts(index, sub, t, l, shape, transposed):
+    """(cost, first, second): the cheapest cut of ``sub`` (a trimmed piece of a level's mask,
+    its [0, 0] at canvas position (t, l)) between its rows (its columns when ``transposed``:
+    ``sub`` is then the piece's transpose) into two windows, each trimmed to its own active
+    positions. Windows are (top, bottom, left, right) in canvas positions."""
+    h, w = sub.shape
+    if h < 2:
+        return None
+    rows = np.arange(h)
+    any_ = sub.any(axis=1)
+    first = np.where(any_, sub.argmax(axis=1), w)
+    last = np.where(any_, w - 1 - sub[:, ::-1].argmax(axis=1), -1)
+    k = rows[1:]                                        # the cut: rows [0, k) and [k, h)
+    end = np.maximum.accumulate(np.where(any_, rows, -1))[k - 1] + 1
+    start = np.minimum.accumulate(np.where(any_, rows, h)[::-1])[::-1][k]
+    lo1, hi1 = np.minimum.accumulate(first)[k - 1], np.maximum.accumulate(last)[k - 1] + 1
+    lo2 = np.minimum.accumulate(first[::-1])[::-1][k]
+    hi2 = np.maximum.accumulate(last[::-1])[::-1][k] + 1
+    zero = np.zeros_like(k)
+    one = (zero, end, lo1, hi1)
+    two = (start, zero + h, lo2, hi2)
+    if transposed:      # back to (rows, cols) of the canvas
+        one, two = (one[2], one[3], one[0], one[1]), (two[2], two[3], two[0], two[1])
+    t, l = (l, t) if transposed else (t, l)
+    cost = (_macs(index, t + one[0], t + one[1], l + one[2], l + one[3], *shape)
+            + _macs(index, t + two[0], t + two[1], l + two[2], l + two[3], *shape))
+    best = int(np.argmin(cost))
+    return (float(cost[best]) + 2 * WINDOW_MACS,
+            tuple(int(v[best]) + o for v, o in zip(one, (t, t, l, l))),
+            tuple(int(v[best]) + o for v, o in zip(two, (t, t, l, l))))
+
+
+def _guillotine(index, mask, r0, c0, shape):
+    """Windows covering ``mask`` by recursive cuts: a window is cut in two, each part trimmed
+    to its active positions, while the cheapest cut (over rows and columns) lowers the planned
+    MACs, each window charged ``WINDOW_MACS``."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    stack = [(r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1)]
+    windows = []
+    while stack:
+        t, b, l, r = stack.pop()
+        sub = mask[t - r0:b - r0, l - c0:r - c0]
+        single = float(_macs(index, t, b, l, r, *shape)) + WINDOW_MACS
+        best = min((c for c in (_cuts(index, sub, t, l, shape, False),
+                                _cuts(index, sub.T, l, t, shape, True)) if c is not None),
+                   key=lambda c: c[0], default=None)
+        if best is not None and best[0] < single:
+            stack.extend(best[1:])
+        else:
+            windows.append(Window(t, b, l, r))
+    return windows
+
+
 def cover(index, mask, r0, c0, shape):
     """Disjoint windows of level ``index`` covering the True positions of ``mask`` (whose [0, 0]
-    is output position (r0, c0)) on a canvas of ``shape`` px, with the fewest planned MACs over
-    band heights of 1, 2, 4, ... rows, each window also charged ``WINDOW_MACS``."""
+    is output position (r0, c0)) on a canvas of ``shape`` px, with the fewest planned MACs,
+    each window also charged ``WINDOW_MACS``: the cheaper of recursive cuts (``_guillotine``)
+    and the best of bands of 1, 2, 4, ... rows."""
     if not mask.any():
         return []
     gap = 2 * LEVELS[index].stride + 2      # a narrower gap costs more reach than it saves
@@ -220,19 +286,20 @@ def cover(index, mask, r0, c0, shape):
     while heights[-1] < mask.shape[0]:
         heights.append(2 * heights[-1])
     filled = np.concatenate([[0], np.cumsum(mask.any(axis=1))])
-    best = None
+    windows = _guillotine(index, mask, r0, c0, shape)
+    best = (sum(window_macs(index, (w.top, w.bottom), (w.left, w.right), *shape)
+                for w in windows) + WINDOW_MACS * len(windows), windows)
     # tallest first, so that the charge of one window per non-empty band rules out most short
     # heights without cutting them; ties go to the shorter height
     for height in heights[::-1]:
         starts = np.arange(0, mask.shape[0], height)
         stops = np.minimum(starts + height, mask.shape[0])
-        if best is not None and \
-                np.count_nonzero(filled[stops] > filled[starts]) * WINDOW_MACS > best[0]:
+        if np.count_nonzero(filled[stops] > filled[starts]) * WINDOW_MACS > best[0]:
             continue
         windows = _bands(mask, r0, c0, height, gap)
         cost = sum(window_macs(index, (w.top, w.bottom), (w.left, w.right), *shape)
                    for w in windows) + WINDOW_MACS * len(windows)
-        if best is None or cost <= best[0]:
+        if cost <= best[0]:
             best = (cost, windows)
     return best[1]
 
@@ -497,8 +564,9 @@ class LevelStreaming(object):
         conv1 = tf.TensorSpec([None, None, LEVELS[0].channels], tf.float32)
         self._train_functions = [tf.function(lambda x, c: self._stem(x, c, inner=True),
                                              input_signature=[image, crop])]
-        self._back_functions = [tf.function(self._stem_backward_fn,
-                                            input_signature=[image, crop, conv1, conv1])]
+        self._back_functions = [tf.function(
+            lambda x, c, a, up: self._stem_backward_fn(x, c, a, up),
+            input_signature=[image, crop, conv1, conv1], autograph=False)]
         for index, level in enumerate(LEVELS[1:], 1):
             x_spec = tf.TensorSpec([None, None, LEVELS[index - 1].channels], tf.float32)
             inner = tf.TensorSpec([None, None, level.channels // 4], tf.float32)

@@ -8,6 +8,14 @@ C++ log lines and Python deprecation warnings are hidden unless ``--verbose`` (`
 child processes inherit the choice: the demo's stages, mpirun's local ranks, bench's child), and
 matplotlib draws with the Agg backend (files only; ``report.figures`` never selects one).
 
+Allocator: TensorFlow's CPU kernels allocate and free buffers of hundreds of MB at every step;
+glibc's malloc returns each one to the kernel and faults it in again on the next (a 2,350 x
+1,950 px step spent about as long in the kernel as in user code). So the entry point re-executes
+itself once with TCMalloc preloaded (``LD_PRELOAD``), when the library is installed
+(libtcmalloc-minimal4) and not already loaded: the step is then 1.5-1.9x faster on this CPU
+(docs/benchmarks.md). ``REPRODUCE_ALLOCATOR=system`` keeps the C library's malloc. Child
+processes (mpirun's ranks, the demo's stages, bench's child) inherit the preload.
+
 Errors: a ``data.errors.InputError`` (bad input: a file, a field, a value; the base of every
 user-facing error of the library and of ``reproduce.errors.UserError``) is printed as one line
 ``error: ...`` with exit status 2. Anything else is a bug and keeps its traceback.
@@ -39,6 +47,26 @@ COMMANDS = {
     "bench": ("reproduce.bench", "time and peak memory of one training step (direct|streaming)"),
     "selfcheck": ("reproduce.selfcheck", "streaming against whole-image forward and gradients, judged against float64"),
 }
+
+
+TCMALLOC = "tcmalloc_minimal"
+ALLOCATOR_ENV = "REPRODUCE_ALLOCATOR"
+
+
+def preload_tcmalloc(argv):
+    """Re-executes ``python -m reproduce argv`` with TCMalloc in LD_PRELOAD (module docstring,
+    "Allocator"); returns without doing anything when it is loaded, missing, or not wanted."""
+    if os.environ.get(ALLOCATOR_ENV, "tcmalloc") != "tcmalloc" or not sys.platform.startswith(
+            "linux") or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    import ctypes.util
+    library = ctypes.util.find_library(TCMALLOC)     # its soname, which ld.so finds
+    if library is None:
+        return
+    os.environ["LD_PRELOAD"] = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "reproduce"] + list(argv))
 
 
 def _available():
@@ -92,4 +120,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    preload_tcmalloc(sys.argv[1:])
     sys.exit(main())

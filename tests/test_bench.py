@@ -3,6 +3,8 @@ timed by the skipping streaming strategy, and the plan's MACs against the exact 
 figures themselves go to docs/benchmarks.md)."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -56,6 +58,18 @@ def test_a_content_step_reports_its_augmentation_and_ratio():
     assert 0 < result["planned_flops"]
     assert 0 < result["augment_seconds"] < result["seconds_per_step"]
     assert result["peak_rss_gb"] > 0
+    # `python -m reproduce` runs on TCMalloc (docker/install-system.sh installs it)
+    assert result["allocator"] == "tcmalloc"
+
+
+def test_the_system_allocator_on_request():
+    env = dict(os.environ, REPRODUCE_ALLOCATOR="system")
+    env.pop("LD_PRELOAD", None)
+    done = subprocess.run([sys.executable, "-m", "reproduce", "bench", "--size", "64", "--mode",
+                           "direct"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["allocator"] == "system"
 
 
 @pytest.mark.parametrize("args", [
