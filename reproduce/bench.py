@@ -7,9 +7,10 @@
 
 One JSON line: size, height, width, mode, seconds_per_step, peak_rss_gb, tile, margin, tiles,
 computed_pixel_ratio (pixels the windows compute / image pixels), megapixels_per_second,
-seconds_per_megapixel, steps, loadavg (the machine's 1-minute load when the step started),
-allocator ("tcmalloc" when the step ran on TCMalloc, as `python -m reproduce` arranges: see
-reproduce/__main__.py; else "system").
+seconds_per_megapixel, steps, step_seconds, steady_seconds_per_step (with --steps 2 or more: the
+mean of the steps after the first, which also pays for its memory's first touch), loadavg (the
+machine's 1-minute load when the step started), allocator ("tcmalloc" when the step ran on
+TCMalloc, as `python -m reproduce` arranges: see reproduce/__main__.py; else "system").
 
 The measurement (``model.bench``) runs in a fresh child Python (this command re-executes
 itself), and the parent reads the child's peak resident set size from
