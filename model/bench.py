@@ -175,11 +175,12 @@ def plan_figures(content, size, seed, budget, tile=None, rotate=None):
                 flops_ratio=_ratio(planned_macs, floor))
 
 
-def plan_fields(plan):
+def plan_fields(plan, training=True):
     """What a plan in levels is: its windows over all levels, its super-windows, its proxy, the
-    bytes its largest super-window keeps, and the canvas cells the proxy stands for."""
+    bytes its largest super-window keeps (a training step's, or a prediction's), and the canvas
+    cells the proxy stands for."""
     return dict(windows=plan.windows, super_windows=len(plan.parts), proxy=_proxy_size(plan),
-                kept_gb=round(plan.part_bytes() / 1e9, 2),
+                kept_gb=round(plan.part_bytes(training) / 1e9, 2),
                 proxy_cells=int(plan.counts.sum()))
 
 
@@ -331,7 +332,7 @@ def measure(height, width, mode, tile=None, memory_gb=None, steps=1, predict=Fal
     times = _timed(step, image, steps, augmented=bool(content))
     if mode == "streaming":
         plan = strategy.last_plan
-        result.update(plan_fields(plan), planned_flops=plan.macs())
+        result.update(plan_fields(plan, not predict), planned_flops=plan.macs())
     elif mode == "windows":
         plan = strategy.last_plan
         result.update(tiles=len(plan.windows), proxy=_proxy_size(plan),

@@ -730,21 +730,11 @@ class LevelStreaming(object):
             if p.top <= rows[0] and p.bottom >= rows[1] and p.left <= cols[0] \
                     and p.right >= cols[1]:
                 return p.value[rows[0] - p.top:rows[1] - p.top, cols[0] - p.left:cols[1] - p.left]
-        cuts = sorted({rows[0], rows[1]} | {v for p in crossing for v in (p.top, p.bottom)
-                                            if rows[0] < v < rows[1]})
         bands = []
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            here = sorted((p for p in crossing if p.top < b and p.bottom > a),
-                          key=lambda p: p.left)
-            parts, at = [], cols[0]
-            for p in here:
-                if p.left > at:
-                    parts.append(uniform((a, b), (at, p.left)))
-                start, stop = max(at, p.left), min(cols[1], p.right)
-                parts.append(p.value[a - p.top:b - p.top, start - p.left:stop - p.left])
-                at = stop
-            if at < cols[1]:
-                parts.append(uniform((a, b), (at, cols[1])))
+        for a, b, segments in _layout(crossing, rows, cols):
+            parts = [uniform((a, b), (start, stop)) if p is None else
+                     p.value[a - p.top:b - p.top, start - p.left:stop - p.left]
+                     for start, stop, p in segments]
             bands.append(parts[0] if len(parts) == 1 else tf.concat(parts, axis=1))
         return bands[0] if len(bands) == 1 else tf.concat(bands, axis=0)
 
@@ -851,37 +841,40 @@ class LevelStreaming(object):
     def _scatter(self, dx, rows, cols, pieces, d_pieces, d_proxy, rows_map, cols_map):
         """Adds a window's input gradient ``dx`` (rows x cols of a level's grid) to the pieces'
         gradients where a piece computed it, and to the proxy's, by signature, elsewhere."""
-        crossed = []
+        crossed, area = [], 0
         for k, p in enumerate(pieces):
             a, b = max(rows[0], p.top), min(rows[1], p.bottom)
             c, d = max(cols[0], p.left), min(cols[1], p.right)
             if a < b and c < d:
                 d_pieces[k][a - p.top:b - p.top, c - p.left:d - p.left] += \
                     dx[a - rows[0]:b - rows[0], c - cols[0]:d - cols[0]]
-                crossed.append((a - rows[0], b - rows[0], c - cols[0], d - cols[0]))
+                crossed.append(p)
+                area += (b - a) * (d - c)
         # pieces never overlap: when they fill the window, no position came from the proxy
-        area = sum((b - a) * (d - c) for a, b, c, d in crossed)
         if d_proxy is None or area == (rows[1] - rows[0]) * (cols[1] - cols[0]):
             return
-        uniform = dx.copy() if crossed else dx
-        for a, b, c, d in crossed:
-            uniform[a:b, c:d] = 0
-        # the maps run start-cut, interior, end-cut: sum runs of equal values, then add
-        r = rows_map[rows[0]:rows[1]]
-        c = cols_map[cols[0]:cols[1]]
-        r_starts = np.flatnonzero(np.diff(np.concatenate([[-1], r])))
-        c_starts = np.flatnonzero(np.diff(np.concatenate([[-1], c])))
-        summed = np.add.reduceat(np.add.reduceat(uniform, r_starts, axis=0), c_starts, axis=1)
-        np.add.at(d_proxy, np.ix_(r[r_starts], c[c_starts]), summed)
+        for a, b, segments in _layout(crossed, rows, cols):
+            for start, stop, p in segments:
+                if p is not None:
+                    continue
+                # the maps run start-cut, interior, end-cut: sum runs of equal values, then add
+                r, c = rows_map[a:b], cols_map[start:stop]
+                r_starts = np.flatnonzero(np.diff(np.concatenate([[-1], r])))
+                c_starts = np.flatnonzero(np.diff(np.concatenate([[-1], c])))
+                part = dx[a - rows[0]:b - rows[0], start - cols[0]:stop - cols[0]]
+                summed = np.add.reduceat(np.add.reduceat(part, r_starts, axis=0), c_starts,
+                                         axis=1)
+                np.add.at(d_proxy, np.ix_(r[r_starts], c[c_starts]), summed)
 
     def gradients(self, image, label):
         """(loss, probability, grads): BCE of one slide; grads line up with
         ``model.trainable_variables`` (tf.Tensor float32).
 
-        Forward: every level's windows, keeping each level's output pieces. Backward: from the
-        last level to the first, each window recomputed and run back from its pieces' gradient;
-        its input gradient goes to the previous level's pieces, or to the proxy where the input
-        was uniform. The proxy is run back last, level by level."""
+        Forward: every level's windows, keeping each level's output pieces and each window's
+        inner activations. Backward: from the last level to the first, each window run back
+        from its pieces' gradient and what it kept; its input gradient goes to the previous
+        level's pieces, or to the proxy where the input was uniform. The proxy is run back
+        last, level by level."""
         import tensorflow as tf
         canvas = as_canvas(image)
         label = float(label.numpy() if hasattr(label, "numpy") else label)
@@ -955,6 +948,27 @@ class LevelStreaming(object):
                 "bias": tf.constant([dlogit], tf.float32)}
         grads = [head[k] if isinstance(k, str) else backbone[k] for k in self._order]
         return bce(logit, label), probability, grads
+
+
+def _layout(pieces, rows, cols):
+    """How the pieces (disjoint) that cross rows x cols tile it: bands (a, b, segments), rows
+    [a, b) cut where a piece starts or ends, each band's columns cut into segments (start, stop,
+    piece), piece None where no piece computed the positions (the proxy's)."""
+    cuts = sorted({rows[0], rows[1]} | {v for p in pieces for v in (p.top, p.bottom)
+                                        if rows[0] < v < rows[1]})
+    bands = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        segments, at = [], cols[0]
+        for p in sorted((p for p in pieces if p.top < b and p.bottom > a), key=lambda p: p.left):
+            if p.left > at:
+                segments.append((at, p.left, None))
+            stop = min(cols[1], p.right)
+            segments.append((max(at, p.left), stop, p))
+            at = stop
+        if at < cols[1]:
+            segments.append((at, cols[1], None))
+        bands.append((a, b, segments))
+    return bands
 
 
 def _spread(d, stride, rows, cols):
