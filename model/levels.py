@@ -23,14 +23,12 @@ phase (``ProxyMaps``), whose positions stand for canvas positions of the same ed
 every level. That is the floor of model/flops.py, computed level by level: the work above it is
 each level's reach at the edges of its windows, the rectangles that cover a mask, and the proxy.
 
-Windows. A level's active positions are covered by disjoint rectangles (``cover``), the cheaper
-in planned MACs of two covers: recursive cuts (``_guillotine``: the active box cut in two along
-the row or column that costs least, each part trimmed to its own active positions, for as long as
-a cut lowers the cost), and bands (its rows cut into bands of one height, each band's active
-columns into runs, each run's rows trimmed). Each window is also charged ``WINDOW_MACS`` for its
-call: short windows follow a rotated edge closely, tall ones repeat the reach less. The next
-level's windows assemble their input from the pieces that cross them and from the proxy
-(``_compose``).
+Windows. A level's active positions are covered by disjoint rectangles (``cover``), by recursive
+cuts (``_guillotine``): the box of the active positions is cut in two along the row or column
+that costs least, each part trimmed to its own active positions, for as long as a cut lowers
+the planned MACs, each window also charged ``WINDOW_MACS`` for its call. Small windows follow a
+rotated edge or a gap in the tissue closely; large ones repeat the reach less. The next level's
+windows assemble their input from the pieces that cross them and from the proxy (``_compose``).
 
 Memory. A training step's forward keeps every level's output pieces and, for each block's
 windows, the outputs of its 1x1 and 3x3 convs after ReLU. The backward runs from the last level
@@ -189,36 +187,14 @@ def active_mask(canvas, index, table=None):
 
 # ----------------------------------------------------------------------------------- planning
 
-# What a window costs beyond its MACs (a call, its input assembled, small convolutions running
-# below the CPU's full rate), in MACs: about 25 ms of a 2-core CPU's rate (~40 GMAC/s).
-WINDOW_MACS = 5e8
+# What a window costs beyond its MACs (a call forward and back, its input assembled, its
+# gradient sent back), in MACs: 1e8 is about 2.5 ms of this 2-core CPU's rate. Against 5e8, it
+# plans 2x the windows and 5% fewer MACs, and a 21,500² step ran about 8% faster
+# (docs/benchmarks.md).
+WINDOW_MACS = 1e8
 
 Window = collections.namedtuple("Window", "top bottom left right")
 Window.__doc__ = """Output positions [top, bottom) x [left, right) of one level, canvas grid."""
-
-
-def _runs(flags, gap):
-    """[start, stop) runs of True in ``flags``, joining runs less than ``gap`` apart."""
-    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    runs = []
-    for start, stop in zip(edges[0::2], edges[1::2]):
-        if runs and start - runs[-1][1] < gap:
-            runs[-1][1] = stop
-        else:
-            runs.append([start, stop])
-    return runs
-
-
-def _bands(mask, r0, c0, height, gap):
-    windows = []
-    for a in range(0, mask.shape[0], height):
-        band = mask[a:a + height]
-        for start, stop in _runs(band.any(axis=0), gap):
-            rows = np.flatnonzero(band[:, start:stop].any(axis=1))
-            windows.append(Window(r0 + a + rows[0], r0 + a + rows[-1] + 1,
-                                  c0 + start, c0 + stop))
-    return windows
 
 
 def _cuts(index, sub, t, l, shape, transposed):
@@ -276,32 +252,11 @@ def _guillotine(index, mask, r0, c0, shape):
 
 def cover(index, mask, r0, c0, shape):
     """Disjoint windows of level ``index`` covering the True positions of ``mask`` (whose [0, 0]
-    is output position (r0, c0)) on a canvas of ``shape`` px, with the fewest planned MACs,
-    each window also charged ``WINDOW_MACS``: the cheaper of recursive cuts (``_guillotine``)
-    and the best of bands of 1, 2, 4, ... rows."""
+    is output position (r0, c0)) on a canvas of ``shape`` px, by recursive cuts
+    (``_guillotine``), each window charged ``WINDOW_MACS``."""
     if not mask.any():
         return []
-    gap = 2 * LEVELS[index].stride + 2      # a narrower gap costs more reach than it saves
-    heights = [1]
-    while heights[-1] < mask.shape[0]:
-        heights.append(2 * heights[-1])
-    filled = np.concatenate([[0], np.cumsum(mask.any(axis=1))])
-    windows = _guillotine(index, mask, r0, c0, shape)
-    best = (sum(window_macs(index, (w.top, w.bottom), (w.left, w.right), *shape)
-                for w in windows) + WINDOW_MACS * len(windows), windows)
-    # tallest first, so that the charge of one window per non-empty band rules out most short
-    # heights without cutting them; ties go to the shorter height
-    for height in heights[::-1]:
-        starts = np.arange(0, mask.shape[0], height)
-        stops = np.minimum(starts + height, mask.shape[0])
-        if np.count_nonzero(filled[stops] > filled[starts]) * WINDOW_MACS > best[0]:
-            continue
-        windows = _bands(mask, r0, c0, height, gap)
-        cost = sum(window_macs(index, (w.top, w.bottom), (w.left, w.right), *shape)
-                   for w in windows) + WINDOW_MACS * len(windows)
-        if cost <= best[0]:
-            best = (cost, windows)
-    return best[1]
+    return _guillotine(index, mask, r0, c0, shape)
 
 
 def _paint(windows, index, shape, r0, c0, rows, cols):
