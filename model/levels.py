@@ -30,10 +30,11 @@ the planned MACs, each window also charged ``WINDOW_MACS`` for its call. Small w
 rotated edge or a gap in the tissue closely; large ones repeat the reach less. The next level's
 windows assemble their input from the pieces that cross them and from the proxy (``_compose``).
 
-Memory. A training step's forward keeps every level's output pieces and, for each block's
-windows, the outputs of its 1x1 and 3x3 convs after ReLU. The backward runs from the last level
-to the first, each block's layers run back from what was kept (``_block_backward_fn``: frozen
-BatchNorm is a fixed scale, so no block is recomputed; only the stem, 3% of the MACs, is). When
+Memory. A training step's forward keeps every level's output pieces and, for each window, its
+inner activations after ReLU (a block's 1x1 and 3x3 outputs, the stem's conv1 output). The
+backward runs from the last level to the first, each window's layers run back from what was
+kept (``_block_backward_fn``, ``_stem_backward_fn``: frozen BatchNorm is a fixed scale, so
+nothing is recomputed). When
 that does not fit the memory budget, the output cells are split into super-windows (``plan``):
 each is computed as above for only the positions that its cells need, and the proxy's gradient
 is accumulated over them and run back once. The super-windows' overlap (each needs its cells'
@@ -189,7 +190,7 @@ def active_mask(canvas, index, table=None):
 
 # What a window costs beyond its MACs (a call forward and back, its input assembled, its
 # gradient sent back), in MACs: 1e8 is about 2.5 ms of this 2-core CPU's rate. Against 5e8, it
-# plans 2x the windows and 5% fewer MACs, and a 21,500² step ran about 8% faster
+# plans 2x the windows and 5% fewer MACs, and a 21,500² step ran about 9% faster
 # (docs/benchmarks.md).
 WINDOW_MACS = 1e8
 
