@@ -299,8 +299,8 @@ class Plan(collections.namedtuple("Plan", "shape parts proxy counts reads_unifor
 
     def part_bytes(self, training=True):
         """Bytes of the largest super-window: every level's output kept (float32; a training
-        step keeps them all with each block's two inner activations, and their gradients for
-        two levels at a time), plus the largest window's own work at ``bytes_per_value``."""
+        step keeps them all with each window's inner activations, ``_kept_values``, and their
+        gradients for two levels at a time), plus the largest window's own work at ``bytes_per_value``."""
         per = bytes_per_value(training)
         largest = 0.0
         for part in self.parts:
@@ -507,12 +507,9 @@ class LevelStreaming(object):
                 input_signature=[spec, tf.TensorSpec([4], tf.int32)]))
         # each level's own trainable variables, and where they sit in the backbone's list
         index_of = {id(v): i for i, v in enumerate(self._backbone_vars)}
-        self._level_vars, self._level_index = [], []
-        for index, level in enumerate(LEVELS):
-            variables = [v for layer in level.layers
-                         for v in base.get_layer(layer.name).trainable_weights]
-            self._level_vars.append(variables)
-            self._level_index.append([index_of[id(v)] for v in variables])
+        self._level_index = [[index_of[id(v)] for layer in level.layers
+                              for v in base.get_layer(layer.name).trainable_weights]
+                             for level in LEVELS]
         # training: each level's forward also returns its inner activations after ReLU, and
         # its backward runs from them, recomputing nothing that costs MACs
         crop = tf.TensorSpec([4], tf.int32)
@@ -559,9 +556,7 @@ class LevelStreaming(object):
             tape.watch(a)
             pooled = self._pool(a[None], crop)
         d_a = tape.gradient(pooled, a, output_gradients=upstream)
-        bn = self._layer("conv1_bn")
-        d_z = (d_a * tf.cast(a > 0, tf.float32)
-               * (bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)))[None]
+        d_z = (d_a * tf.cast(a > 0, tf.float32) * _bn_scale(self._layer("conv1_bn")))[None]
         kernel = self._layer("conv1_conv").kernel
         image = self._layer("conv1_pad")(preprocess(x)[None])
         return [tf.compat.v1.nn.conv2d_backprop_filter(image, tf.shape(kernel), d_z,
@@ -590,15 +585,14 @@ class LevelStreaming(object):
         kept (``a1``, ``a2``: the 1x1's and the 3x3's outputs after ReLU over the whole window;
         ``out``: the block's output), so that nothing is recomputed. Frozen BatchNorm is a fixed
         scale per channel; a 1x1 conv's gradients are two matrix products. Returns the
-        gradients of the level's variables (``_level_vars`` order) and of ``x``."""
+        gradients of the level's variables (``_level_index`` order) and of ``x``."""
         import tensorflow as tf
         level = LEVELS[index]
         s = level.stride
         layer = lambda suffix: self._layer(level.name + "_" + suffix)  # noqa: E731
 
         def scale(suffix):
-            bn = layer(suffix + "_bn")
-            return bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+            return _bn_scale(layer(suffix + "_bn"))
 
         def one_by_one(x_in, dz, suffix):
             kernel = layer(suffix).kernel
@@ -785,7 +779,7 @@ class LevelStreaming(object):
         logit = float(total.dot(kernel) / _cells(canvas) + bias)
         return dict(probability=sigmoid(logit), logit=logit, cam=grid_)
 
-    def _run_back(self, index, x, crop, upstream, out=None, inner=None):
+    def _run_back(self, index, x, crop, upstream, out, inner):
         """(gradients of level ``index``'s variables, of its input or None), from ``upstream``,
         the gradient of its kept output ``out``, from its kept ``inner`` activations."""
         crop = np.asarray(crop, np.int32)
@@ -925,6 +919,12 @@ def _layout(pieces, rows, cols):
             segments.append((at, cols[1], None))
         bands.append((a, b, segments))
     return bands
+
+
+def _bn_scale(bn):
+    """dy/dx of a frozen BatchNormalization layer, per channel: gamma / sqrt(variance + eps)."""
+    import tensorflow as tf
+    return bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
 
 
 def _spread(d, stride, rows, cols):
