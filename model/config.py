@@ -77,12 +77,13 @@ SCHEMA = {
     "train": {
         "strategy": ("auto", _check(lambda v: v in STRATEGIES,
                                     "must be one of " + ", ".join(STRATEGIES))),
-        # streaming's tile: null (the default) chooses it from memory_gb, else from the GPU's
+        # streaming's tile: caps a super-window's side (model.strategy.levels_budget); in TF1's
+        # graph mode, the one-level design's tile, null: from memory_gb, else from the GPU's
         # memory (nvidia-smi) or host RAM / ranks on the node (model.strategy.choose_tile).
         # Setting both tile and memory_gb is an error.
         "tile": (None, _check(lambda v: v is None or (_positive_int(v) and v % 32 == 0),
                               "must be a positive multiple of 32 (pixels) or null")),
-        "memory_gb": (None, _OPTIONAL_NUMBER),  # GB a streaming step may use: picks the tile
+        "memory_gb": (None, _OPTIONAL_NUMBER),  # GB a streaming step may use
         "batch_size": (8, _INT),
         "learning_rate": (1e-5, _NUMBER),
         "reduced_learning_rate": (1e-6, _NUMBER),

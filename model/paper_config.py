@@ -250,34 +250,33 @@ def write_derived(out, paper_text, derived):
 def memory_plan(cfg, ranks):
     """How the run will use memory, as printed before it: dict(strategy, ranks, host_ram_gb and,
     for streaming, train and predict: dict(tile, line, estimate_gb per process, processes)),
-    from ``model.strategy`` (the same choice the ranks make; no TensorFlow)."""
+    from ``model.strategy`` (the same choice the ranks make, in levels, as they run eagerly;
+    no TensorFlow). ``estimate_gb`` is the budget a step plans within: it uses at most that."""
     from model import gpu, strategy
     t = cfg["train"]
     concrete = strategy.resolve(t["strategy"])
     plan = dict(strategy=concrete, ranks=ranks, host_ram_gb=round(gpu.host_ram_bytes() / 1e9, 1))
     if concrete != "streaming":
         return plan
-    canvas, mpp = cfg["data"]["canvas"], cfg["data"]["target_mpp"]
-    for what, training, n in (("train", True, ranks), ("predict", False, 1)):
+    mpp = cfg["data"]["target_mpp"]
+    for what, n in (("train", ranks), ("predict", 1)):
         try:
-            choice = strategy.choose_tile(t["tile"], t["memory_gb"], canvas, training,
-                                          rank_on_node=0, ranks_on_node=n)
+            room, line = strategy.levels_budget(t["tile"], t["memory_gb"], rank_on_node=0,
+                                                ranks_on_node=n, mpp=mpp)
         except ValueError as e:
             raise ConfigError("{}: train.tile/memory_gb: {}".format(cfg.path, e))
-        window = min(choice.tile + 2 * choice.margin, canvas)
-        estimate = strategy.step_bytes(window ** 2, training)
-        plan[what] = dict(tile=choice.tile, line=choice.line(mpp),
-                          estimate_gb=round(estimate / 1e9, 1), processes=n)
+        plan[what] = dict(tile=t["tile"], line=line,
+                          estimate_gb=round((room + strategy.BASE_BYTES) / 1e9, 1), processes=n)
     return plan
 
 
 def plan_lines(plan):
-    """The memory plan's streaming tiles, a line per stage (train, predict) that has one."""
+    """The memory plan's streaming budgets, a line per stage (train, predict) that has one."""
     lines = []
     for what in ("train", "predict"):
         if what in plan:
             p = plan[what]
-            lines.append("  {:<8} {}; about {} GB per process{}".format(
+            lines.append("  {:<8} {}; at most {} GB per process{}".format(
                 what + ":", p["line"], p["estimate_gb"],
                 ", {:.1f} GB for {} ranks".format(p["estimate_gb"] * p["processes"],
                                                   p["processes"]) if p["processes"] > 1 else ""))

@@ -2,7 +2,8 @@
 (see docs/architecture.md, "Strategies and memory").
 
     direct     the whole image as one graph (model/direct.py)
-    streaming  exact tile-wise computation, memory bounded by a tile (model/streaming.py)
+    streaming  exact, computed in levels only where the content reaches, within a memory budget
+               (model/levels.py); in TF1's graph mode, tile by tile (model/streaming.py)
     unified    the earlier released code's method (aetherAI/whole-slide-cnn), not this paper's:
                direct, on a GPU whose allocator oversubscribes into host RAM through CUDA
                unified memory (model/gpu.py). Opt-in only; refused up front when its step would
@@ -234,11 +235,12 @@ def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=
                   mpp=None, rank_on_node=None, ranks_on_node=None, **options):
     """A strategy object with ``gradients(image, label)`` and ``predict(image, cam=False)``.
 
-    Streaming is the one-level ``model.streaming.Streaming``, whose tile comes from
-    ``choose_tile`` (kept as ``.tile_choice``); with ``engine="levels"`` (eager only) it is
-    ``model.levels.LevelStreaming`` (exact, in levels, each computed only where the content
-    reaches) with its memory budget from ``memory_gb``, else this rank's share of the machine
-    (``_machine_budget``), and ``tile`` capping its super-windows. ``log`` (a callable) receives one line saying which, and why that much
+    Streaming, eagerly, is ``model.levels.LevelStreaming`` (exact, in levels, each computed
+    only where the content reaches), within the memory of ``levels_budget`` and with ``tile``
+    capping its super-windows. In TF1's graph mode, or with ``engine="windows"`` or an option
+    only that engine has (``margin``, ``allow_inexact``, ``skip_uniform``), it is the one-level
+    ``model.streaming.Streaming``, whose tile comes from ``choose_tile`` (kept as
+    ``.tile_choice``). ``log`` (a callable) receives one line saying which, and why that much
     memory (``mpp``: um per input px). The whole-image strategies ignore the tile settings (so
     one config can name any strategy) and, with ``canvas``, are checked against host RAM
     (``check_memory``). ``options``: more keyword arguments (``progress``, ...). The strategy
@@ -247,10 +249,17 @@ def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=
     concrete = resolve(name)
     if concrete == "streaming":
         import tensorflow as tf
-        engine = options.pop("engine", "windows")
+        engine = options.pop("engine", "levels")
+        if engine not in ("levels", "windows"):
+            raise ValueError("engine must be levels or windows, got {!r}".format(engine))
         if engine == "levels" and tf.executing_eagerly() and not set(options) & {
                 "margin", "allow_inexact", "skip_uniform"}:
-            return _levels(model, tile, memory_gb, log, rank_on_node, ranks_on_node, **options)
+            from model.levels import LevelStreaming
+            room, line = levels_budget(tile, memory_gb, rank_on_node, ranks_on_node, mpp)
+            strategy = LevelStreaming(model, tile=tile, memory_bytes=room, **options)
+            if log is not None:
+                log(line)
+            return strategy
         from model.streaming import Streaming
         choice = choose_tile(tile, memory_gb, canvas, training, options.get("margin"),
                              rank_on_node, ranks_on_node)
@@ -267,23 +276,25 @@ def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=
     return strategy
 
 
-def _levels(model, tile, memory_gb, log, rank_on_node, ranks_on_node, progress=False):
-    """``model.levels.LevelStreaming`` with its memory budget, and the line that says it."""
-    from model.levels import LevelStreaming
+def levels_budget(tile=None, memory_gb=None, rank_on_node=None, ranks_on_node=None, mpp=None,
+                  names=("train.tile", "train.memory_gb")):
+    """(bytes, line): what streaming in levels may keep of a step's activations, and the one
+    line a run prints about it. The step's memory is ``memory_gb``, else this rank's share of
+    the machine (``_machine_budget``); ``BASE_BYTES`` of it is the runtime's. ``tile`` (px of
+    output cells, a multiple of 32, or None) caps a super-window's side. Raises ValueError for a
+    tile off the 32 px grid or a budget that leaves no room."""
     if tile is not None and (int(tile) < OUTPUT_STRIDE or int(tile) % OUTPUT_STRIDE):
-        raise ValueError("train.tile must be a positive multiple of {} px, got {}".format(
-            OUTPUT_STRIDE, tile))
+        raise ValueError("{} must be a positive multiple of {} px, got {}".format(
+            names[0], OUTPUT_STRIDE, tile))
     if memory_gb is not None:
-        budget, source = float(memory_gb) * 1e9, "train.memory_gb = {:g} GB".format(memory_gb)
+        budget, source = float(memory_gb) * 1e9, "{} = {:g} GB".format(names[1], memory_gb)
     else:
         budget, source = _machine_budget(rank_on_node, ranks_on_node)
     room = budget - BASE_BYTES
     if room <= 0:
         raise ValueError("{} leaves no room for a step (needs more than {})".format(
             source, _gb(BASE_BYTES)))
-    strategy = LevelStreaming(model, tile=tile, progress=progress, memory_bytes=room)
-    if log is not None:
-        cap = "" if tile is None else "; super-windows at most {} px of output cells".format(tile)
-        log("streaming: in levels, activations kept within {} ({} less {} for the runtime){}"
-            .format(_gb(room), source, _gb(BASE_BYTES), cap))
-    return strategy
+    at = "" if not mpp else " at {:g} um/px".format(mpp)
+    cap = "" if tile is None else "; super-windows at most {} px of output cells".format(tile)
+    return room, "streaming: in levels{}, activations kept within {} ({} less {} for the " \
+        "runtime){}".format(at, _gb(room), source, _gb(BASE_BYTES), cap)

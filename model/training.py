@@ -543,9 +543,11 @@ class TrainingRun(object):
         data = self.cfg["data"]
         params = sample_params(element_rng(self.t["seed"], pass_, position),
                                translate_px=data["translate_px"]) if self.t["augment"] else None
+        from model.levels import LevelStreaming
         return slide_cost(record["height"], record["width"], data["canvas"], params,
                           getattr(self.strategy, "tile", None),
-                          getattr(self.strategy, "margin", None))
+                          getattr(self.strategy, "margin", None),
+                          levels=isinstance(self.strategy, LevelStreaming))
 
     def _rank0_state(self, resume):
         """A new run's state, or the checkpoint's; a checkpoint that cannot be continued gives

@@ -93,11 +93,13 @@ def test_strategy_choice(model):
 
 
 def test_streaming_plugs_in(model):
-    streaming = make_strategy("streaming", model, tile=64)
-    assert type(streaming).__name__ == "Streaming"
     image = _image(5, 96, 128)
-    assert streaming.predict(image)["logit"] == pytest.approx(
-        Direct(model).predict(image)["logit"], rel=1e-4, abs=1e-4)
+    direct = Direct(model).predict(image)["logit"]
+    levels = make_strategy("streaming", model, tile=64, memory_gb=4)
+    windows = make_strategy("streaming", model, tile=64, engine="windows")
+    assert type(levels).__name__ == "LevelStreaming" and type(windows).__name__ == "Streaming"
+    for streaming in (levels, windows):
+        assert streaming.predict(image)["logit"] == pytest.approx(direct, rel=1e-4, abs=1e-4)
 
 
 def test_unified_gpu_config():

@@ -75,7 +75,7 @@ def test_paper_scale_end_to_end_on_a_reduced_canvas(tmp_path):
     # auto resolved to streaming, in the plan printed up front and in the ranks themselves
     assert timings["memory_plan"]["strategy"] == "streaming"
     assert timings["memory_plan"]["train"]["processes"] == 2
-    assert "strategy streaming" in p.stdout and "streaming: tile" in p.stdout
+    assert "strategy streaming" in p.stdout and "streaming: in levels" in p.stdout
 
     # full-resolution synthetic slides at the paper's mpp, prepared at it
     manifest = pd.read_csv(os.path.join(out, "cohort", "manifest.csv"))

@@ -79,22 +79,37 @@ def test_paper_config_streams_on_a_gpu_with_a_tile_from_its_memory(fake_gpu, tin
     assert t["tile"] is None and t["memory_gb"] is None     # one default: from memory
     assert strategy.resolve(t["strategy"]) == "streaming"
     lines = []
+    # eagerly: streaming in levels, its kept activations within the GPU's share
     made = strategy.make_strategy(t["strategy"], tiny_model, tile=t["tile"],
                                   memory_gb=t["memory_gb"], canvas=d["canvas"],
                                   mpp=d["target_mpp"], log=lines.append, rank_on_node=0,
                                   ranks_on_node=8)
+    assert type(made).__name__ == "LevelStreaming" and made.tile is None
+    budget = GPU_MIB["0"] * MIB * strategy.GPU_SHARE
+    assert made.memory_bytes == pytest.approx(budget - strategy.BASE_BYTES)
+    assert lines == ["streaming: in levels at 2.28 um/px, activations kept within {:.1f} GB "
+                     "({:.1f} GB = GPU 0 memory 85.9 GB (nvidia-smi) x {:g} less 1.5 GB for the "
+                     "runtime)".format((budget - strategy.BASE_BYTES) / 1e9, budget / 1e9,
+                                       strategy.GPU_SHARE)]
+    # tile by tile (TF1's graph mode, or asked for): the tile that fits the GPU's share
+    lines = []
+    made = strategy.make_strategy(t["strategy"], tiny_model, tile=t["tile"],
+                                  memory_gb=t["memory_gb"], canvas=d["canvas"],
+                                  mpp=d["target_mpp"], log=lines.append, rank_on_node=0,
+                                  ranks_on_node=8, engine="windows")
     assert type(made).__name__ == "Streaming"
     expected = _gpu_tile(GPU_MIB["0"])
     assert made.tile == expected and expected % 32 == 0
     # the step fits the GPU's share; a whole-canvas step would need ~10x the card
     window = expected + 2 * MARGIN
-    budget = GPU_MIB["0"] * MIB * strategy.GPU_SHARE
     assert strategy.BASE_BYTES + strategy.TRAIN_BYTES_PER_PIXEL * window ** 2 <= budget
     assert strategy.TRAIN_BYTES_PER_PIXEL * d["canvas"] ** 2 > 9 * GPU_MIB["0"] * MIB
     assert lines == [made.tile_choice.line(d["target_mpp"])]
     assert lines[0].startswith("streaming: tile {} px at 2.28 um/px".format(expected))
     assert "windows <= {} px".format(window) in lines[0]
     assert "GPU 0 memory 85.9 GB (nvidia-smi) x {:g}".format(strategy.GPU_SHARE) in lines[0]
+    with pytest.raises(ValueError, match="engine must be levels or windows"):
+        strategy.make_strategy("streaming", tiny_model, engine="tiles")
 
 
 def test_each_rank_reads_its_own_gpu(fake_gpu, monkeypatch):
@@ -111,13 +126,14 @@ def test_each_rank_reads_its_own_gpu(fake_gpu, monkeypatch):
     assert strategy.choose_tile(canvas=21500).tile == second.tile
 
 
-def test_prediction_prints_its_tile_too(fake_gpu, tiny_model, capfd):
+def test_prediction_prints_its_budget_too(fake_gpu, tiny_model, capfd):
     from model.inference import Predictor
     predictor = Predictor(tiny_model, config=PAPER)
-    assert predictor.strategy.tile == _gpu_tile(GPU_MIB["0"], training=False)
-    assert predictor.strategy.tile > _gpu_tile(GPU_MIB["0"])   # no backward pass to hold
+    budget = GPU_MIB["0"] * MIB * strategy.GPU_SHARE - strategy.BASE_BYTES
+    assert predictor.strategy.memory_bytes == pytest.approx(budget)
     err = capfd.readouterr().err
-    assert "streaming: tile {} px at 2.28 um/px".format(predictor.strategy.tile) in err
+    assert "streaming: in levels at 2.28 um/px, activations kept within {:.1f} GB".format(
+        budget / 1e9) in err
 
 
 def test_memory_gb_picks_the_tile(tmp_path, fake_gpu):

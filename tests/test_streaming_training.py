@@ -1,9 +1,9 @@
 """Training with `streaming` follows the same curve as `direct` on the same seed.
 
-The canvas (640 px) is larger than one streaming window ((tile 96 + 2 x 256 margin)^2 px), so
-every step runs over several windows (two of 640 x 576 px), and the slides' white padding over
-the proxy of the uniform cells where that is cheaper; the two runs must agree to float
-tolerance, epoch by epoch.
+Training streams in levels (model/levels.py). ``train.tile`` 320 caps a super-window at 10 of
+the 640 px canvas's 20 output cells a side, so every step runs in several super-windows, each
+over its cells' receptive fields, with the proxy's gradient accumulated over them; the two runs
+must agree to float tolerance, epoch by epoch.
 
 The two runs are single-threaded processes (``train.threads: 1``) that share nothing, so they run
 at the same time: on a 2-core machine the test takes the longer run's time, not the sum.
@@ -18,7 +18,7 @@ from tests.mpi import mpi_env
 from tests.test_train import ROOT, checkpoint_arrays, make_cohort, read_log, write_config
 
 CANVAS = 640
-TILE = 96
+TILE = 320
 
 
 def _start(tmp_path, strategy):
@@ -49,8 +49,11 @@ def _finish(out, process):
 
 def test_streaming_training_matches_direct(tmp_path):
     make_cohort(str(tmp_path / "cache"), n_train=2, n_val=2)
-    from model.streaming import plan_windows
-    assert len(plan_windows(CANVAS, CANVAS, TILE)) >= 2          # really tiled
+    from data.augment import pad_to_canvas
+    from model.levels import plan
+    from tests.test_train import SIZE
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)      # content as large as the cohort's slides
+    assert len(plan(pad_to_canvas(image, CANVAS), None, True, TILE)[0].parts) >= 2   # split
     runs = [_start(tmp_path, strategy) for strategy in ("direct", "streaming")]
     try:
         direct_log, direct_weights = _finish(*runs[0])
