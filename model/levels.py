@@ -425,10 +425,25 @@ def _split(cells, count):
     return [(x, y) for x, y in zip(edges[:-1], edges[1:]) if y > x]
 
 
+def _grid(box, wanted, cap):
+    """(rows, cols) of super-windows over ``box`` (output cells): about ``wanted`` of them, as
+    near square as the box allows (a tall box is cut into more rows), and no side over ``cap``
+    cells (None: no cap)."""
+    height, width = box[1] - box[0], box[3] - box[2]
+    rows = min(height, max(1, int(round(math.sqrt(wanted * height / float(width))))))
+    cols = min(width, max(1, -(-wanted // rows)))
+    if rows * cols < wanted:        # the columns ran out: the rest as rows
+        rows = min(height, -(-wanted // cols))
+    if cap is not None:
+        rows, cols = max(rows, -(-height // cap)), max(cols, -(-width // cap))
+    return rows, cols
+
+
 def plan(canvas, memory_bytes=None, training=True, tile=None):
     """The ``Plan`` of a ``data.canvas.Canvas``: one super-window over every active output cell
-    when its kept activations fit ``memory_bytes`` (None: no limit), else the fewest near-equal
-    super-windows that do. ``tile``: at most this many px of output cells per super-window side
+    when its kept activations fit ``memory_bytes`` (None: no limit), else a grid of near-equal,
+    near-square super-windows that do (``_grid``), their number estimated from the memory the
+    last try needed. ``tile``: at most this many px of output cells per super-window side
     (a multiple of 32), whatever the memory."""
     canvas = as_canvas(canvas)
     height, width = canvas.shape
@@ -445,25 +460,24 @@ def plan(canvas, memory_bytes=None, training=True, tile=None):
         rows = np.flatnonzero(last.any(axis=1))
         cols = np.flatnonzero(last.any(axis=0))
         box = (r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1)
-        n = 1
         cap = None if tile is None else max(1, int(tile) // OUTPUT_STRIDE)
+        wanted = 1
         while True:
-            n_r = n_c = n
-            if cap is not None:
-                n_r = max(n_r, -(-(box[1] - box[0]) // cap))
-                n_c = max(n_c, -(-(box[3] - box[2]) // cap))
+            n_r, n_c = _grid(box, wanted, cap)
             cells = [(a, b, c, d) for a, b in _split(box[:2], n_r) for c, d in _split(box[2:], n_c)]
             made = [_part(canvas, masks, c) for c in cells]
             parts = [m[0] for m in made]
             uniform = any(m[1] for m in made)
             candidate = Plan((height, width), parts, ProxyGeometry(proxy_h, proxy_w), counts,
                              uniform)
-            if memory_bytes is None or candidate.part_bytes(training) <= memory_bytes \
-                    or n >= max(box[1] - box[0], box[3] - box[2]):
+            if memory_bytes is None:
                 break
-            # each super-window needs its cells' receptive fields whatever its size, so more
-            # of them help less and less: grow their number geometrically
-            n = max(n + 1, int(n * 1.5))
+            need = candidate.part_bytes(training)
+            if need <= memory_bytes or (n_r >= box[1] - box[0] and n_c >= box[3] - box[2]):
+                break
+            # a super-window keeps about 1/n of the whole and its cells' receptive fields on top:
+            # ask for enough of them at once, with 10% to spare, and near-square ones
+            wanted = max(n_r * n_c + 1, int(math.ceil(n_r * n_c * need / memory_bytes * 1.1)))
         for part in parts:
             for w in part[-1]:
                 counts = counts - np.outer(

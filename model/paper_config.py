@@ -10,19 +10,15 @@ The run's config is ``configs/paper.yaml`` copied with only the keys of ``CHANGE
     data.translate_px           follows the canvas (500 px x canvas / 21,500), only with it
 
 Everything else is the paper's: batch 8 (2 ranks x 4 accumulated slides), Adam 1e-5, frozen
-BatchNorm, augmentation on, ``strategy: auto`` (streaming; ``memory_plan`` says the tile that
-host RAM / ranks gives on a CPU).
+BatchNorm, augmentation on, ``strategy: auto`` (streaming in levels; ``memory_plan`` says the
+budget that host RAM / ranks gives on a CPU).
 
-Why these sizes. A training step costs in proportion to the pixels it computes, about 0.094 M px
-per second on 2 CPU threads (docs/benchmarks.md, "21,500² with a tissue-sized content"): the
-content grown by about 1,000 px along each axis (the receptive field and the window margins), as
-rotated by the augmentation, plus a small proxy of the blank canvas. One update is 8 slides
-(``batch_size`` 8), whatever the number of ranks. The default synthetic slide, 5.5 x 4.5 mm
-(2,412 x 1,974 px at 2.28 um/px), averages about 23 M px per step at the tile that 24 GB / 2
-ranks gives (1152 px): 8 steps take about 33 min, over the 30 min budget alone. A 4.0 x 3.8 mm
-slide (1,754 x 1,667 px; the generator's smallest, which still holds a node with a > 2 mm
-macrometastasis) averages about 16 M px: about 23 min for the update, and the other stages fit in
-the rest. 12 slides give 8 train (each seen once by the one update), 2 validation and 2 test
+Why these sizes. A training step costs in proportion to the work its plan computes, which follows
+the tissue, not the canvas (model/levels.py). One update is 8 slides (``batch_size`` 8), whatever
+the number of ranks. A 4.0 x 3.8 mm slide (1,754 x 1,667 px at 2.28 um/px; the generator's
+smallest, which still holds a node with a > 2 mm macrometastasis) keeps the whole run to a few
+minutes on 2 CPU cores (README, "The paper's protocol at full scale": 4.6 min, the update 212 s).
+12 slides give 8 train (each seen once by the one update), 2 validation and 2 test
 slides, one of each class, so the table has both classes (``cohort_fits``).
 """
 import difflib

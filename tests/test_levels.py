@@ -247,6 +247,22 @@ def test_plan_computes_each_active_output_cell_once():
         assert max(b[3] for b in box) - min(b[2] for b in box) <= 4
 
 
+def test_super_windows_are_a_near_square_grid_of_at_least_the_count_asked():
+    """``_grid``: a box of output cells cut into at least ``wanted`` super-windows (unless the
+    box has fewer cells), more along its longer side, none longer than the cap."""
+    for height, width in ((40, 62), (62, 40), (10, 10), (3, 50), (1, 1)):
+        box = (5, 5 + height, 7, 7 + width)
+        for wanted in (1, 2, 5, 6, 9, 17, 36, 700):
+            rows, cols = levels._grid(box, wanted, None)
+            assert 1 <= rows <= height and 1 <= cols <= width
+            assert rows * cols >= min(wanted, height * width), (height, width, wanted)
+            if min(height, width) >= 10 and height * width >= 4 * wanted:   # room to be square
+                side = (height / float(rows), width / float(cols))
+                assert max(side) <= 2.5 * min(side), (height, width, wanted, rows, cols)
+        rows, cols = levels._grid(box, 1, 4)
+        assert -(-height // rows) <= 4 and -(-width // cols) <= 4
+
+
 # ----------------------------------------------------------------------------------- the proxy
 
 def _edges(length, jump, radius, i):
