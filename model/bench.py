@@ -123,8 +123,9 @@ def _to_stderr(line):
 
 
 def streaming_tile(tile, memory_gb, height, width, predict=False, log=_to_stderr):
-    """The streaming tile as training and prediction choose it (``model.strategy.choose_tile``:
-    --tile, else --memory-gb, else this machine's memory); its line goes to ``log``."""
+    """The one-level design's tile (``--mode windows``), as ``model.strategy.choose_tile``
+    chooses it: --tile, else --memory-gb, else this machine's memory; its line goes to
+    ``log``."""
     choice = choose_tile(tile, memory_gb, canvas=max(height, width), training=not predict,
                          names=("--tile", "--memory-gb"))
     log(choice.line())
@@ -146,15 +147,12 @@ def _ratio(planned, floor):
 
 def levels_budget(memory_gb, predict=False, log=_to_stderr):
     """Bytes that a step's kept activations may take, as training reckons them
-    (``model.strategy``: --memory-gb, else this machine's share, less the runtime)."""
-    from model.strategy import BASE_BYTES, _machine_budget
-    if memory_gb is not None:
-        budget, source = float(memory_gb) * 1e9, "--memory-gb {:g}".format(memory_gb)
-    else:
-        budget, source = _machine_budget(None, None)
-    log("streaming: in levels, activations kept within {:.1f} GB ({})".format(
-        (budget - BASE_BYTES) / 1e9, source))
-    return budget - BASE_BYTES
+    (``model.strategy.levels_budget``: --memory-gb, else this machine's share, less the
+    runtime); its line goes to ``log``."""
+    from model import strategy
+    room, line = strategy.levels_budget(None, memory_gb, names=("--tile", "--memory-gb"))
+    log(line)
+    return room
 
 
 def plan_figures(content, size, seed, budget, tile=None, rotate=None):

@@ -227,7 +227,7 @@ def _check_relations(cfg, path, world_size):
             t["reduced_learning_rate"], t["learning_rate"]))
     if t["tile"] is not None and t["memory_gb"] is not None:
         raise _err(path, "train.tile, train.memory_gb", "both set ({} px, {:g} GB): set one, or "
-                   "neither (the tile then comes from this machine's memory)".format(
+                   "neither (the memory budget then comes from this machine)".format(
                        t["tile"], t["memory_gb"]))
     weights = cfg["model"]["weights"]
     if weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(weights)):

@@ -3,7 +3,8 @@
 This is the original method's computation. The memory it needs grows with the image
 (about 1.7 KB of host RAM per input pixel on the CPU), so it serves images that fit; the
 `unified` strategy runs it on a GPU with oversubscribed CUDA unified memory, and the
-`streaming` strategy (model/streaming.py) gives the same numbers tile by tile.
+`streaming` strategy (model/levels.py; model/streaming.py in TF1's graph mode) gives the same
+numbers in parts.
 
 Loss: binary cross-entropy of one slide from its logit z and label y,
     L = max(z, 0) - z*y + log(1 + exp(-|z|))

@@ -445,6 +445,9 @@ def plan(canvas, memory_bytes=None, training=True, tile=None):
     near-square super-windows that do (``_grid``), their number estimated from the memory the
     last try needed. ``tile``: at most this many px of output cells per super-window side
     (a multiple of 32), whatever the memory."""
+    if memory_bytes is not None and memory_bytes <= 0:
+        raise ValueError("streaming: a memory budget of {:.2f} GB leaves no room for a step"
+                         .format(memory_bytes / 1e9))
     canvas = as_canvas(canvas)
     height, width = canvas.shape
     table = None if canvas.empty else summed_area(canvas)

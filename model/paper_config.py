@@ -272,7 +272,7 @@ def plan_lines(plan):
     for what in ("train", "predict"):
         if what in plan:
             p = plan[what]
-            lines.append("  {:<8} {}; at most {} GB per process{}".format(
+            lines.append("  {:<8} {}; plans within {} GB per process{}".format(
                 what + ":", p["line"], p["estimate_gb"],
                 ", {:.1f} GB for {} ranks".format(p["estimate_gb"] * p["processes"],
                                                   p["processes"]) if p["processes"] > 1 else ""))

@@ -12,13 +12,14 @@
 
 Memory model. ``step_bytes`` is the one formula for the bytes of a step: ``BASE_BYTES`` plus a
 per-pixel figure times the input pixels that one pass computes at once (a window, or the whole
-image), plus, for a network streamed in ``Level``s, the maps the levels keep. The streaming tile
-is chosen from it (``tile_for_memory``, ``choose_tile``) and a whole-image step (direct, unified)
-is checked against it (``check_memory``).
+image), plus, for a network streamed in ``Level``s, the maps the levels keep. The one-level
+design's tile is chosen from it (``tile_for_memory``, ``choose_tile``) and a whole-image step
+(direct, unified) is checked against it (``check_memory``). Streaming in levels plans within the
+budget of ``levels_budget`` (model/levels.py counts its kept activations itself).
 
 Layers: this module needs no TensorFlow and imports neither strategy's module at its top; it
 builds a strategy only in ``make_strategy``, and the strategies never import it (a streaming
-strategy is given its tile).
+strategy is given its tile or its budget).
 """
 import collections
 import math
@@ -132,7 +133,7 @@ def check_memory(name, canvas, training=True, host_ram=None, ranks=None, where=N
     raise StrategyError(
         "{}train.strategy {}: a whole-image {} step on the {:,} px canvas needs about {} "
         "({:,} B/px x {:,}^2 px), more than this host's RAM {}{}; use strategy streaming (or "
-        "auto), which is exact and bounded by one tile".format(
+        "auto), which is exact and plans within a memory budget".format(
             "{}: ".format(where) if where else "", name, "training" if training else "prediction",
             int(canvas), _gb(need), bytes_per_pixel(training), int(canvas), _gb(host_ram),
             "" if ranks == 1 else " / {} ranks = {}".format(ranks, _gb(room))))
@@ -252,8 +253,11 @@ def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=
         engine = options.pop("engine", "levels")
         if engine not in ("levels", "windows"):
             raise ValueError("engine must be levels or windows, got {!r}".format(engine))
-        if engine == "levels" and tf.executing_eagerly() and not set(options) & {
-                "margin", "allow_inexact", "skip_uniform"}:
+        windows_only = {k for k in ("margin", "allow_inexact", "skip_uniform")
+                        if options.get(k) not in (None, False)}
+        if engine == "levels" and tf.executing_eagerly() and not windows_only:
+            for k in ("margin", "allow_inexact", "skip_uniform"):
+                options.pop(k, None)
             from model.levels import LevelStreaming
             room, line = levels_budget(tile, memory_gb, rank_on_node, ranks_on_node, mpp)
             strategy = LevelStreaming(model, tile=tile, memory_bytes=room, **options)

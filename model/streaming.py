@@ -1,5 +1,6 @@
-"""The `streaming` strategy: exact whole-slide forward and gradients, one window at a time, with
-a cost that follows the tissue rather than the canvas.
+"""The `streaming` strategy in one level, as TF1's graph mode runs it (eagerly, streaming is
+model/levels.py): exact whole-slide forward and gradients, one window at a time, with a cost
+that follows the tissue rather than the canvas.
 
 Why tiles are exact (docs/architecture.md, "Exact streaming"). BatchNorm is frozen and run on
 its inference statistics, so the backbone is a fixed function of its input. In the ResNet-50 of

@@ -53,10 +53,12 @@ def add_arguments(parser):
                              "one-level design (every window runs the whole network with a "
                              "256 px margin), for comparison; direct: the whole image at once")
     parser.add_argument("--tile", type=int, default=None,
-                        help="streaming tile interior in px (multiple of 32); default: from "
-                             "--memory-gb, else from this machine's memory, as in training")
+                        help="windows: the tile interior in px (multiple of 32; default: from "
+                             "--memory-gb, else from this machine's memory); streaming: caps a "
+                             "super-window's side in px of output cells")
     parser.add_argument("--memory-gb", type=float, default=None,
-                        help="streaming: choose the tile for this memory budget")
+                        help="the memory budget of a step (streaming: its kept activations, "
+                             "less 1.5 GB for the runtime; windows: chooses the tile)")
     parser.add_argument("--steps", type=int, default=1, help="timed steps (after tracing)")
     parser.add_argument("--predict", action="store_true",
                         help="time prediction with CAM (forward only) instead of a training step")

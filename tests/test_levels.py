@@ -233,6 +233,8 @@ def test_plan_computes_each_active_output_cell_once():
     by_memory, _, _ = levels.plan(canvas, memory_bytes=budget)
     assert len(whole.parts) == 1 and len(by_tile.parts) > 1 and len(by_memory.parts) > 1
     assert by_memory.part_bytes() <= budget < whole.part_bytes()
+    with pytest.raises(ValueError, match="leaves no room"):
+        levels.plan(canvas, memory_bytes=0)
     for plan in (whole, by_tile, by_memory):
         computed = np.zeros_like(last, np.int32)
         for part in plan.parts:

@@ -110,6 +110,11 @@ def test_paper_config_streams_on_a_gpu_with_a_tile_from_its_memory(fake_gpu, tin
     assert "GPU 0 memory 85.9 GB (nvidia-smi) x {:g}".format(strategy.GPU_SHARE) in lines[0]
     with pytest.raises(ValueError, match="engine must be levels or windows"):
         strategy.make_strategy("streaming", tiny_model, engine="tiles")
+    # an option only the one-level design has chooses it when set, not when left at None
+    assert type(strategy.make_strategy("streaming", tiny_model, memory_gb=4, margin=None)
+                ).__name__ == "LevelStreaming"
+    assert type(strategy.make_strategy("streaming", tiny_model, tile=64, margin=256)
+                ).__name__ == "Streaming"
 
 
 def test_each_rank_reads_its_own_gpu(fake_gpu, monkeypatch):
