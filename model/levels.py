@@ -749,8 +749,8 @@ class LevelStreaming(object):
     def _budget(self, training):
         if self.memory_bytes is not None:
             return self.memory_bytes
-        from model.strategy import BASE_BYTES, _machine_budget
-        return _machine_budget(None, None)[0] - BASE_BYTES
+        from model.strategy import levels_budget
+        return levels_budget()[0]
 
     def plan(self, image, training=True):
         """(Plan, row maps, column maps) of an image or canvas (see ``plan``)."""

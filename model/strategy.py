@@ -29,6 +29,8 @@ from data.errors import InputError
 from model.resnet import MARGIN, OUTPUT_STRIDE
 
 NAMES = ("direct", "streaming", "unified", "auto")
+# options of model.streaming.Streaming alone: set, they choose the one-level design
+WINDOWS_ONLY = ("margin", "allow_inexact", "skip_uniform")
 
 # Training: direct steps measured here, 1024^2 -> 2.70 GB and 2048^2 -> 7.96 GB peak RSS
 # (docs/benchmarks.md, "## streaming"), i.e. ~1.67 KB/px over ~0.95 GB; BASE_BYTES adds the
@@ -253,10 +255,9 @@ def make_strategy(name, model, tile=None, memory_gb=None, canvas=None, training=
         engine = options.pop("engine", "levels")
         if engine not in ("levels", "windows"):
             raise ValueError("engine must be levels or windows, got {!r}".format(engine))
-        windows_only = {k for k in ("margin", "allow_inexact", "skip_uniform")
-                        if options.get(k) not in (None, False)}
-        if engine == "levels" and tf.executing_eagerly() and not windows_only:
-            for k in ("margin", "allow_inexact", "skip_uniform"):
+        if engine == "levels" and tf.executing_eagerly() and all(
+                options.get(k) in (None, False) for k in WINDOWS_ONLY):
+            for k in WINDOWS_ONLY:
                 options.pop(k, None)
             from model.levels import LevelStreaming
             room, line = levels_budget(tile, memory_gb, rank_on_node, ranks_on_node, mpp)
