@@ -66,12 +66,13 @@ def footprint_canvas(height, width, canvas, params=None, rows=512):
     image of ``height`` x ``width`` px can change under ``params``: the canvas pixels whose
     source point lies within 3 px of the image (its bicubic taps reach it; the rule of
     ``data.augment.footprint``), i.e. the rotated, scaled rectangle, not its box. Without
-    augmentation (None) it is the centred placement. Black (0) on white; ``rows`` at a time."""
+    augmentation (None) it is the centred placement. Black (0) on white; ``rows`` at a time. The
+    content is one channel seen three times (a read-only view): 1 byte per px."""
     from data.augment import geometry_matrix
     from data.canvas import Canvas
     shape = (min(int(height), canvas), min(int(width), canvas))
     top, bottom, left, right = content_box(height, width, canvas, params)
-    content = np.full((bottom - top, right - left, 3), 255, np.uint8)
+    content = np.full((bottom - top, right - left), 255, np.uint8)
     if params is None:
         content[...] = 0
     else:
@@ -83,7 +84,8 @@ def footprint_canvas(height, width, canvas, params=None, rows=512):
             sy = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
             inside = (sx > -3) & (sx < shape[1] + 1) & (sy > -3) & (sy < shape[0] + 1)
             content[r - top:r - top + ys.shape[0]][inside] = 0
-    return Canvas(content, (top, left), (255, 255, 255), (canvas, canvas))
+    return Canvas(np.broadcast_to(content[..., None], content.shape + (3,)), (top, left),
+                  (255, 255, 255), (canvas, canvas))
 
 
 def assign(costs, ranks):

@@ -135,7 +135,7 @@ def planned_macs(plan):
 
 # ------------------------------------------------------------------------------------ the floor
 
-def _mask_strips(canvas):
+def mask_strips(canvas):
     """(row offset, bool mask of rows) of the content box, a strip of rows at a time: True where
     a pixel differs from the canvas's fill."""
     content, fill = canvas.content, canvas.fill
@@ -154,7 +154,7 @@ def summed_area(canvas):
     counts the non-fill pixels of box rows < y and columns < x."""
     height, width = canvas.content.shape[:2]
     table = np.zeros((height + 1, width + 1), np.int32)
-    for r0, strip in _mask_strips(canvas):
+    for r0, strip in mask_strips(canvas):
         part = table[1 + r0:1 + r0 + strip.shape[0], 1:]
         part[...] = strip
         np.cumsum(part, axis=1, out=part)      # int32 in place: no cast, no second table

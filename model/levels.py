@@ -16,8 +16,9 @@ Active positions. A position of level l whose receptive field (``Level.radius`` 
 centre ``Level.jump`` i) holds only fill pixels has the value that a uniform fill image gives at
 the same distance from the canvas edges (see model/streaming.py, "Uniform cells"). So each level
 computes only its *active* positions, those whose receptive field touches a non-fill pixel
-(``active_mask``: the content's own pixels, through a summed-area table, so a rotated footprint or
-tissue with white glass around it is followed, not its box). Every other position that a window
+(``active_masks``: from the content's own pixels for the stem, then level by level over each
+level's reach, so a rotated footprint or tissue with white glass around it is followed, not its
+box). Every other position that a window
 reads is taken from a proxy: the network run once on a small uniform image with the canvas's
 phase (``ProxyMaps``), whose positions stand for canvas positions of the same edge signature, at
 every level. That is the floor of model/flops.py, computed level by level: the work above it is
@@ -31,14 +32,15 @@ rotated edge or a gap in the tissue closely; large ones repeat the reach less. T
 windows assemble their input from the pieces that cross them and from the proxy (``_compose``).
 
 Memory. A training step's forward keeps every level's output pieces and, for each window, its
-inner activations after ReLU (a block's 1x1 and 3x3 outputs, the stem's conv1 output). The
-backward runs from the last level to the first, each window's layers run back from what was
-kept (``_block_backward_fn``, ``_stem_backward_fn``: frozen BatchNorm is a fixed scale, so
-nothing is recomputed). When
-that does not fit the memory budget, the output cells are split into super-windows (``plan``):
-each is computed as above for only the positions that its cells need, and the proxy's gradient
-is accumulated over them and run back once. The super-windows' overlap (each needs its cells'
-receptive fields) is the price of less memory.
+inner activations after ReLU (a block's 1x1 output over the window and its 3x3 output at the
+kept positions, the stem's conv1 output), and its input where the budget has room. The backward
+runs from the last level to the first, each window's layers run back from what was kept
+(``_block_backward_fn``, ``_stem_backward_fn``: frozen BatchNorm is a fixed scale, so nothing
+is recomputed). When that does not fit the memory budget, the output cells are split into a
+grid of super-windows (``plan``, chosen by ``_choose`` from an estimate of each one's bytes and
+MACs): each is computed as above for only the positions that its cells need, and the proxy's
+gradient is accumulated over them and run back once. The super-windows' overlap (each needs its
+cells' receptive fields) is the price of less memory.
 
 The GAP is the sum over computed output cells plus, for the cells never computed, the proxy
 cells weighted by how many canvas cells each stands for (K, ``Plan.counts``); dL/dF is the same
@@ -46,12 +48,11 @@ at every cell (the head's kernel, scaled by dL/dlogit / N at the end), so the ba
 from that kernel at every computed cell and K times it at each proxy cell.
 """
 import collections
-import math
 
 import numpy as np
 
 from data.canvas import as_canvas
-from model.flops import summed_area
+from model.flops import mask_strips
 from model.loss import bce, sigmoid
 from model.resnet import FEATURES, LAYERS, OUTPUT_STRIDE, cam_logits, preprocess
 from model.streaming import output_cells, proxy_axis, variable_order
@@ -112,26 +113,35 @@ def window_macs(index, rows, cols, length_rows, length_cols):
     return int(_macs(index, rows[0], rows[1], cols[0], cols[1], length_rows, length_cols))
 
 
+def _costs(level):
+    """(MACs per position of a window's whole input span at the level's stride, MACs per output
+    position): the first 1x1 runs on the whole window, the rest on its kept outputs; the stem's
+    conv1 on its whole window at stride 2 (its pooling costs nothing)."""
+    if level.name == "stem":
+        return level.layers[0].macs, 0
+    full = out = 0
+    for layer in level.layers:
+        if layer.name[len(level.name) + 1:] == "1_conv":
+            full += layer.macs
+        else:
+            out += layer.macs
+    return full, out
+
+
+_COSTS = [_costs(level) for level in LEVELS]
+
+
 def _macs(index, top, bottom, left, right, length_rows, length_cols):
     """``window_macs`` of windows [top, bottom) x [left, right): scalars or int64 arrays."""
     level = LEVELS[index]
-    s = level.stride
-
-    def span(start, stop, length):     # input_span on arrays
-        length = _input_length(index, length)
-        return (np.minimum(length, s * (stop - 1) + level.reach + 1)
-                - np.maximum(0, s * start - level.before))
-
-    n_r, n_c = span(top, bottom, length_rows), span(left, right, length_cols)
-    if index == 0:      # conv1 over its whole window (stride 2); the pooling costs nothing
-        return level.layers[0].macs * (-(-n_r // 2)) * (-(-n_c // 2))
-    full = (-(-n_r // s)) * (-(-n_c // s))      # the 1x1 and the 3x3 run on the whole window
-    out = (bottom - top) * (right - left)
-    total = 0
-    for layer in level.layers:
-        suffix = layer.name[len(level.name) + 1:]
-        total = total + layer.macs * (full if suffix in ("1_conv", "2_conv") else out)
-    return total
+    s, before, after = level.stride, level.before, level.reach + 1
+    rows_in, cols_in = _input_length(index, length_rows), _input_length(index, length_cols)
+    n_r = np.minimum(rows_in, s * (bottom - 1) + after) - np.maximum(0, s * top - before)
+    n_c = np.minimum(cols_in, s * (right - 1) + after) - np.maximum(0, s * left - before)
+    full, out = _COSTS[index]
+    if index == 0:
+        return full * (-(-n_r // 2)) * (-(-n_c // 2))
+    return full * (-(-n_r // s)) * (-(-n_c // s)) + out * (bottom - top) * (right - left)
 
 
 # Bytes that a training step keeps per value of a level's layers, calibrated so that the whole
@@ -151,39 +161,68 @@ def bytes_per_value(training=True):
 
 # ------------------------------------------------------------------------------- active masks
 
-def active_mask(canvas, index, table=None):
-    """(row0, col0, mask): bool mask of level ``index``'s output positions whose receptive field
-    (clipped to the canvas) holds a non-fill pixel of ``canvas``, over the rows/cols from
-    (row0, col0) that can; (0, 0, empty) when none can. ``table``: the content box's summed-area
-    table (``model.flops.summed_area``), when the caller has it."""
-    level = LEVELS[index]
+def _any_within(mask, axis, start, length, jump, radius):
+    """(first, out) along ``axis`` of the bool ``mask``, whose index 0 there is coordinate
+    ``start``: for the positions i of a grid of ``length`` positions, position i centred at
+    coordinate jump i, whether ``mask`` holds a True within [jump i - radius, jump i + radius];
+    ``out`` runs over the positions from ``first`` whose interval meets the mask at all."""
+    size = mask.shape[axis]
+    first = max(0, -(-(start - radius) // jump))
+    stop = min(int(length), (start + size - 1 + radius) // jump + 1)
+    count = max(0, stop - first)
+    shape = list(mask.shape)
+    if count == 0:
+        shape[axis] = 0
+        return first, np.zeros(shape, bool)
+    low = jump * first - radius                 # the coordinate of the padded axis' index 0
+    shape[axis] = jump * (count - 1) + 2 * radius + 1
+    padded = np.zeros(shape, bool)
+    offset = start - low                        # >= 0 as radius >= (jump - 1) / 2
+    kept = min(size, shape[axis] - offset)
+    cut = [slice(None)] * mask.ndim
+    cut[axis] = slice(offset, offset + kept)
+    source = [slice(None)] * mask.ndim
+    source[axis] = slice(0, kept)
+    padded[tuple(cut)] = mask[tuple(source)]
+    out = None
+    for o in range(2 * radius + 1):             # one strided view per offset in the interval
+        cut[axis] = slice(o, o + jump * (count - 1) + 1, jump)
+        view = padded[tuple(cut)]
+        out = view.copy() if out is None else np.logical_or(out, view, out=out)
+    return first, out
+
+
+def active_masks(canvas):
+    """For each level, (row0, col0, mask): the bool mask of its output positions whose receptive
+    field (``Level.radius`` px around its centre, clipped to the canvas) holds a non-fill pixel of
+    ``canvas``, over the rows/cols from (row0, col0) that can; (0, 0, empty) when none can.
+
+    The stem's mask comes from the content's own pixels, a strip of rows at a time: first, per
+    row, which positions' column interval meets a non-fill pixel, then the same over rows. A
+    later level reads input positions s (i - 1) to s (i + 1) (s: its stride), and its receptive
+    field is the union of theirs, so its mask is the previous level's, OR-ed over that reach."""
     if canvas.empty:
-        return 0, 0, np.zeros((0, 0), bool)
-    top, bottom, left, right = canvas.box
+        return [(0, 0, np.zeros((0, 0), bool))] * len(LEVELS)
+    top, _, left, _ = canvas.box
     height, width = canvas.shape
+    stem = LEVELS[0]
+    c0, strips = 0, []
+    for _, strip in mask_strips(canvas):
+        c0, part = _any_within(strip, 1, left, grid(width, stem), stem.jump, stem.radius)
+        strips.append(part)
+    r0, mask = _any_within(np.concatenate(strips), 0, top, grid(height, stem), stem.jump,
+                           stem.radius)
+    masks = [(r0, c0, mask)]
+    for level in LEVELS[1:]:
+        r0, mask = _any_within(mask, 0, r0, grid(height, level), level.stride, level.stride)
+        c0, mask = _any_within(mask, 1, c0, grid(width, level), level.stride, level.stride)
+        masks.append((r0, c0, mask))
+    return masks
 
-    def axis(a, b, length):
-        n = grid(length, level)
-        i0 = max(0, -(-(a - level.radius) // level.jump))
-        i1 = min(n, (b - 1 + level.radius) // level.jump + 1)
-        centre = np.arange(i0, i1, dtype=np.int64) * level.jump
-        lo = np.clip(centre - level.radius - a, 0, b - a)
-        hi = np.clip(centre + level.radius + 1 - a, 0, b - a)
-        return i0, lo, hi
 
-    r0, top_px, bottom_px = axis(top, bottom, height)
-    c0, left_px, right_px = axis(left, right, width)
-    if table is None:
-        table = summed_area(canvas)
-    if table[-1, -1] == (bottom - top) * (right - left):   # no fill in the box
-        return r0, c0, np.ones((top_px.size, left_px.size), bool)
-    mask = np.empty((top_px.size, left_px.size), bool)
-    step = max(1, (1 << 22) // max(1, left_px.size))
-    for a in range(0, top_px.size, step):
-        low, high = table[top_px[a:a + step]], table[bottom_px[a:a + step]]
-        band = high - low
-        mask[a:a + step] = (band[:, right_px] - band[:, left_px]) > 0
-    return r0, c0, mask
+def active_mask(canvas, index):
+    """``active_masks(canvas)[index]``."""
+    return active_masks(canvas)[index]
 
 
 # ----------------------------------------------------------------------------------- planning
@@ -222,8 +261,9 @@ def _cuts(index, sub, t, l, shape, transposed):
     if transposed:      # back to (rows, cols) of the canvas
         one, two = (one[2], one[3], one[0], one[1]), (two[2], two[3], two[0], two[1])
     t, l = (l, t) if transposed else (t, l)
-    cost = (_macs(index, t + one[0], t + one[1], l + one[2], l + one[3], *shape)
-            + _macs(index, t + two[0], t + two[1], l + two[2], l + two[3], *shape))
+    both = [np.concatenate([a, b]) for a, b in zip(one, two)]      # one call for both halves
+    cost = _macs(index, t + both[0], t + both[1], l + both[2], l + both[3], *shape)
+    cost = cost[:k.size] + cost[k.size:]
     best = int(np.argmin(cost))
     return (float(cost[best]) + 2 * WINDOW_MACS,
             tuple(int(v[best]) + o for v, o in zip(one, (t, t, l, l))),
@@ -260,19 +300,6 @@ def cover(index, mask, r0, c0, shape):
     return _guillotine(index, mask, r0, c0, shape)
 
 
-def _paint(windows, index, shape, r0, c0, rows, cols):
-    """bool (rows, cols) mask from (r0, c0) on level ``index - 1``'s grid: the input positions
-    that ``windows`` of level ``index`` read."""
-    level = LEVELS[index]
-    need = np.zeros((rows, cols), bool)
-    n_r, n_c = _input_length(index, shape[0]), _input_length(index, shape[1])
-    for w in windows:
-        a, b = input_span(level, w.top, w.bottom, n_r)
-        c, d = input_span(level, w.left, w.right, n_c)
-        need[max(0, a - r0):max(0, b - r0), max(0, c - c0):max(0, d - c0)] = True
-    return need
-
-
 class Plan(collections.namedtuple("Plan", "shape parts proxy counts reads_uniform")):
     """What a canvas costs: ``parts``, one list of windows per level for each super-window (one
     when everything fits at once); the proxy's size (``ProxyGeometry``); K, how many canvas
@@ -297,14 +324,16 @@ class Plan(collections.namedtuple("Plan", "shape parts proxy counts reads_unifor
     def uses_proxy(self):
         return bool(self.reads_uniform or self.counts.any())
 
-    def part_bytes(self, training=True):
+    def part_bytes(self, training=True, inputs=False):
         """Bytes of the largest super-window: every level's output kept (float32; a training
         step keeps them all with each window's inner activations, ``_kept_values``, and their
-        gradients for two levels at a time), plus the largest window's own work at ``bytes_per_value``."""
+        gradients for two levels at a time), plus the largest window's own work at
+        ``bytes_per_value``. ``inputs``: a training step that also keeps each window's input
+        for its backward (``LevelStreaming.gradients`` does when that fits the budget)."""
         per = bytes_per_value(training)
         largest = 0.0
         for part in self.parts:
-            outputs = [4.0 * sum(_kept_values(i, w, self.shape, training) for w in level)
+            outputs = [4.0 * sum(_kept_values(i, w, self.shape, training, inputs) for w in level)
                        for i, level in enumerate(part)]
             window = max([0.0] + [per * _values_per_position(LEVELS[i]) * (w.bottom - w.top + 2)
                                   * (w.right - w.left + 2)
@@ -317,60 +346,67 @@ class Plan(collections.namedtuple("Plan", "shape parts proxy counts reads_unifor
         return largest
 
 
-def _kept_values(index, w, shape, training):
+def _kept_values(index, w, shape, training, inputs=False):
     """Values that a step keeps for window ``w`` of level ``index`` until its backward: its
-    output, and in training its inner activations over its whole window (a block's 1x1 and 3x3
-    outputs, at its stride; the stem's conv1 output, at stride 2)."""
+    output, and in training its inner activations (a block's 1x1 output over its whole window
+    at its stride and its 3x3 output at the kept positions; the stem's conv1 output, at stride
+    2), and with ``inputs`` its input (the stem's uint8 pixels count as values)."""
     level = LEVELS[index]
-    values = level.channels * (w.bottom - w.top) * (w.right - w.left)
+    out = (w.bottom - w.top) * (w.right - w.left)
+    values = level.channels * out
     if training:
         rows = input_span(level, w.top, w.bottom, _input_length(index, shape[0]))
         cols = input_span(level, w.left, w.right, _input_length(index, shape[1]))
-        s, channels = (2, level.channels) if index == 0 else \
-            (level.stride, 2 * (level.channels // 4))
+        s, channels = (2, level.channels) if index == 0 else (level.stride, level.channels // 4)
+        if index:
+            values += channels * out
         values += channels * (-(-(rows[1] - rows[0]) // s)) * (-(-(cols[1] - cols[0]) // s))
+        if inputs:
+            values += (3 if index == 0 else LEVELS[index - 1].channels) * \
+                (rows[1] - rows[0]) * (cols[1] - cols[0])
     return values
 
 
 def _part(canvas, masks, cells):
-    """The windows of every level for output cells ``cells`` = (top, bottom, left, right) of the
-    last level: from the last level back, each covers its active positions that the next one
-    reads."""
+    """(windows of every level, whether one reads a position that none computed) for output
+    cells ``cells`` = (top, bottom, left, right) of the last level: from the last level back,
+    each covers its active positions that the next one reads, within the box of those reads."""
     shape = canvas.shape
-    top, bottom, left, right = cells
-    need, uniform = None, False
-    part = [None] * len(LEVELS)
+    box, need, uniform = cells, None, False
+    part = [[] for _ in LEVELS]
     for index in range(len(LEVELS) - 1, -1, -1):
         r0, c0, mask = masks[index]
-        if need is None:
-            m = np.zeros_like(mask)
-            m[max(0, top - r0):max(0, bottom - r0), max(0, left - c0):max(0, right - c0)] = True
-            mask = mask & m
-        else:
-            mask = mask & need
-        part[index] = cover(index, mask, r0, c0, shape)
+        t, b = max(box[0], r0), min(box[1], r0 + mask.shape[0])
+        l, r = max(box[2], c0), min(box[3], c0 + mask.shape[1])
+        if t < b and l < r:
+            sub = mask[t - r0:b - r0, l - c0:r - c0]
+            if need is not None:
+                sub = sub & need[t - box[0]:b - box[0], l - box[2]:r - box[2]]
+            part[index] = cover(index, sub, t, l, shape)
         if need is not None and not uniform:    # does the next level read what none computed?
             covered = np.zeros_like(need)
             for w in part[index]:
-                covered[w.top - r0:w.bottom - r0, w.left - c0:w.right - c0] = True
+                covered[w.top - box[0]:w.bottom - box[0], w.left - box[2]:w.right - box[2]] = True
             uniform = bool((need & ~covered).any())
-        if index:
-            pr0, pc0, prev = masks[index - 1]
-            need = _paint(part[index], index, shape, pr0, pc0, *prev.shape)
-            # a read outside the active region's bounding rows/cols is uniform too
-            uniform = uniform or _reads_outside(part[index], index, shape, pr0, pc0, prev.shape)
+        if not index or not part[index]:
+            break
+        box, need = _reads(part[index], index, shape)
     return part, uniform
 
 
-def _reads_outside(windows, index, shape, r0, c0, size):
+def _reads(windows, index, shape):
+    """(box, need): the positions of level ``index - 1`` that ``windows`` of level ``index``
+    read, as a bool mask over their bounding box (top, bottom, left, right)."""
     level = LEVELS[index]
     n_r, n_c = _input_length(index, shape[0]), _input_length(index, shape[1])
-    for w in windows:
-        a, b = input_span(level, w.top, w.bottom, n_r)
-        c, d = input_span(level, w.left, w.right, n_c)
-        if a < r0 or c < c0 or b > r0 + size[0] or d > c0 + size[1]:
-            return True
-    return False
+    spans = [input_span(level, w.top, w.bottom, n_r) + input_span(level, w.left, w.right, n_c)
+             for w in windows]
+    box = (min(v[0] for v in spans), max(v[1] for v in spans),
+           min(v[2] for v in spans), max(v[3] for v in spans))
+    need = np.zeros((box[1] - box[0], box[3] - box[2]), bool)
+    for a, b, c, d in spans:
+        need[a - box[0]:b - box[0], c - box[2]:d - box[2]] = True
+    return box, need
 
 
 ProxyGeometry = collections.namedtuple("ProxyGeometry", "height width")
@@ -425,33 +461,125 @@ def _split(cells, count):
     return [(x, y) for x, y in zip(edges[:-1], edges[1:]) if y > x]
 
 
-def _grid(box, wanted, cap):
-    """(rows, cols) of super-windows over ``box`` (output cells): about ``wanted`` of them, as
-    near square as the box allows (a tall box is cut into more rows), and no side over ``cap``
-    cells (None: no cap)."""
+def _prefix(mask):
+    """int32 (h + 1, w + 1) summed-area table of a bool mask."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int32)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, out=table[1:, 1:])
+    return table
+
+
+class _Estimate(object):
+    """Each super-window's kept bytes and the forward MACs of a grid of them, from the active
+    masks alone (no windows): level by level from the last, a super-window needs the active
+    positions inside its cells' box grown by each level's reach (``input_span``). The bytes
+    follow ``Plan.part_bytes`` without the windows' own work and their cover's slack, so they
+    are scaled to it (``plan``); the MACs rank grids by their overlap."""
+
+    def __init__(self, masks, shape, training):
+        self.shape, self.training = shape, training
+        # one table per grid: the last level on it, whose mask holds every earlier one's there
+        last_on = {level.jump: index for index, level in enumerate(LEVELS)}
+        tables = {index: (masks[index][0], masks[index][1], _prefix(masks[index][2]))
+                  for index in set(last_on.values())}
+        self.tables = [tables[last_on[level.jump]] for level in LEVELS]
+        self.kept, self.macs = [], []
+        for index, level in enumerate(LEVELS):
+            full, out = _COSTS[index]
+            self.macs.append(float(4 * full if index == 0 else full + out))  # conv1: 4 per output
+            values = level.channels
+            if training:
+                values += (4 * level.channels) if index == 0 else 2 * (level.channels // 4)
+            self.kept.append(4.0 * values)
+
+    def _count(self, index, rows, cols):
+        r0, c0, table = self.tables[index]
+        h, w = table.shape[0] - 1, table.shape[1] - 1
+        a, b = (np.minimum(h, np.maximum(0, v - r0)) for v in rows)
+        c, d = (np.minimum(w, np.maximum(0, v - c0)) for v in cols)
+        return (table[np.ix_(b, d)] - table[np.ix_(a, d)] - table[np.ix_(b, c)]
+                + table[np.ix_(a, c)]).astype(np.float64)
+
+    def __call__(self, row_cells, col_cells):
+        """(bytes of each super-window (rows x cols), MACs of them all) for super-windows over
+        output cells ``row_cells`` x ``col_cells`` (lists of (start, stop))."""
+        rows = [np.array([c[0] for c in row_cells]), np.array([c[1] for c in row_cells])]
+        cols = [np.array([c[0] for c in col_cells]), np.array([c[1] for c in col_cells])]
+        outputs, macs = [None] * len(LEVELS), 0.0
+        for index in range(len(LEVELS) - 1, -1, -1):
+            count = self._count(index, rows, cols)
+            outputs[index] = count * self.kept[index]
+            macs += count.sum() * self.macs[index]
+            if index:
+                level = LEVELS[index]
+                for axis, spans in ((0, rows), (1, cols)):
+                    length = _input_length(index, self.shape[axis])
+                    spans[0], spans[1] = (np.maximum(0, level.stride * spans[0] - level.before),
+                                          np.minimum(length, level.stride * (spans[1] - 1)
+                                                     + level.reach + 1))
+        pairs = [a + b for a, b in zip(outputs, outputs[1:] + [0.0])]
+        kept = np.maximum.reduce(pairs)
+        if self.training:
+            kept = kept + sum(outputs)
+        return kept, macs
+
+
+# What a plan's windows keep over ``_Estimate``'s bytes, 1.38-1.39 on a paper-sized slide:
+# starting there usually saves a second try.
+_SCALE = 1.4
+
+
+def _choose(estimate, box, memory_bytes, cap, scale):
+    """(rows, cols) of the grid of super-windows over ``box`` (output cells) whose estimated
+    MACs are least among those whose largest super-window's estimated bytes x ``scale`` fit
+    ``memory_bytes``: for each number of rows, the columns that fit with the least MACs (a
+    bisection, then the counts down to half of it); more rows while that still pays. No side
+    over ``cap`` cells (None: no cap)."""
     height, width = box[1] - box[0], box[3] - box[2]
-    rows = min(height, max(1, int(round(math.sqrt(wanted * height / float(width))))))
-    cols = min(width, max(1, -(-wanted // rows)))
-    if rows * cols < wanted:        # the columns ran out: the rest as rows
-        rows = min(height, -(-wanted // cols))
-    if cap is not None:
-        rows, cols = max(rows, -(-height // cap)), max(cols, -(-width // cap))
-    return rows, cols
+    low_r = 1 if cap is None else -(-height // cap)
+    low_c = 1 if cap is None else -(-width // cap)
+    fits = {}
+
+    def fit(n_r, n_c):
+        if (n_r, n_c) not in fits:
+            kept, macs = estimate(_split(box[:2], n_r), _split(box[2:], n_c))
+            fits[n_r, n_c] = (kept.max() * scale <= memory_bytes, macs)
+        return fits[n_r, n_c]
+
+    best = None
+    for n_r in range(low_r, height + 1):
+        if not fit(n_r, width)[0]:
+            continue
+        lo, hi = low_c, width             # columns that fit: memory falls with them, mostly
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fit(n_r, mid)[0] else (mid + 1, hi)
+        # where a part's size jumps between counts, fewer columns may fit too: look below
+        macs, n_c = min((fit(n_r, c)[1], c) for c in range(max(low_c, lo // 2), lo + 1)
+                        if fit(n_r, c)[0])
+        if best is None or macs < best[0]:
+            best = (macs, n_r, n_c)
+        elif macs > 1.25 * best[0]:       # more rows only add overlap from here
+            break
+        if n_c == low_c:
+            break
+    if best is None:
+        return height, width
+    return best[1], best[2]
 
 
 def plan(canvas, memory_bytes=None, training=True, tile=None):
     """The ``Plan`` of a ``data.canvas.Canvas``: one super-window over every active output cell
-    when its kept activations fit ``memory_bytes`` (None: no limit), else a grid of near-equal,
-    near-square super-windows that do (``_grid``), their number estimated from the memory the
-    last try needed. ``tile``: at most this many px of output cells per super-window side
-    (a multiple of 32), whatever the memory."""
+    when its kept activations fit ``memory_bytes`` (None: no limit), else a grid of near-equal
+    super-windows that do, the one whose overlap costs least by an estimate from the active
+    masks (``_Estimate``, ``_choose``), checked against the windows' own bytes. ``tile``: at
+    most this many px of output cells per super-window side (a multiple of 32), whatever the
+    memory."""
     if memory_bytes is not None and memory_bytes <= 0:
         raise ValueError("streaming: a memory budget of {:.2f} GB leaves no room for a step"
                          .format(memory_bytes / 1e9))
     canvas = as_canvas(canvas)
     height, width = canvas.shape
-    table = None if canvas.empty else summed_area(canvas)
-    masks = [active_mask(canvas, i, table) for i in range(len(LEVELS))]
+    masks = active_masks(canvas)
     r0, c0, last = masks[-1]
     proxy_h, rows_map = proxy_length(height)
     proxy_w, cols_map = proxy_length(width)
@@ -464,23 +592,28 @@ def plan(canvas, memory_bytes=None, training=True, tile=None):
         cols = np.flatnonzero(last.any(axis=0))
         box = (r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1)
         cap = None if tile is None else max(1, int(tile) // OUTPUT_STRIDE)
-        wanted = 1
+        estimate = None if memory_bytes is None else _Estimate(masks, canvas.shape, training)
+        scale = _SCALE
         while True:
-            n_r, n_c = _grid(box, wanted, cap)
+            if estimate is None:
+                n_r = 1 if cap is None else -(-(box[1] - box[0]) // cap)
+                n_c = 1 if cap is None else -(-(box[3] - box[2]) // cap)
+            else:
+                n_r, n_c = _choose(estimate, box, memory_bytes, cap, scale)
             cells = [(a, b, c, d) for a, b in _split(box[:2], n_r) for c, d in _split(box[2:], n_c)]
             made = [_part(canvas, masks, c) for c in cells]
             parts = [m[0] for m in made]
             uniform = any(m[1] for m in made)
             candidate = Plan((height, width), parts, ProxyGeometry(proxy_h, proxy_w), counts,
                              uniform)
-            if memory_bytes is None:
+            if estimate is None:
                 break
             need = candidate.part_bytes(training)
             if need <= memory_bytes or (n_r >= box[1] - box[0] and n_c >= box[3] - box[2]):
                 break
-            # a super-window keeps about 1/n of the whole and its cells' receptive fields on top:
-            # ask for enough of them at once, with 10% to spare, and near-square ones
-            wanted = max(n_r * n_c + 1, int(math.ceil(n_r * n_c * need / memory_bytes * 1.1)))
+            # the windows need more than estimated: scale the estimate up to what they need
+            kept = estimate(_split(box[:2], n_r), _split(box[2:], n_c))[0].max()
+            scale = max(scale * 1.05, need / kept * 1.02)
         for part in parts:
             for w in part[-1]:
                 counts = counts - np.outer(
@@ -502,14 +635,15 @@ class LevelStreaming(object):
     machine's share, ``model.strategy._machine_budget``, less the runtime's ``BASE_BYTES``);
     ``tile``: caps a super-window's side in px of output cells.
     ``progress``: a tqdm bar over each call's windows. ``predict`` and ``gradients`` keep the
-    contract of ``model.streaming.Streaming``; ``last_plan`` is the last call's ``Plan``.
+    contract of ``model.streaming.Streaming``; ``last_plan`` is the last call's ``Plan``, and
+    ``kept_inputs`` whether the last ``gradients`` kept its windows' inputs.
     Runs eagerly (TF1's graph mode uses ``model.streaming.Streaming``).
     """
 
     def __init__(self, model, memory_gb=None, tile=None, progress=False, memory_bytes=None):
         self.model, self.tile, self.progress = model, tile, progress
         self.memory_bytes = memory_bytes if memory_gb is None else float(memory_gb) * 1e9
-        self.last_plan = None
+        self.last_plan, self.kept_inputs = None, None
         base = [layer for layer in model.backbone.layers
                 if hasattr(layer, "layers") and layer.layers][0]
         self._layer = base.get_layer
@@ -581,12 +715,17 @@ class LevelStreaming(object):
                 tf.reduce_sum(d_z, axis=[0, 1, 2])]
 
     def _block(self, level, x, crop, inner=False):
+        """Block ``level`` on the input window ``x``: its 1x1 over the whole window, its 3x3
+        only at the kept outputs ``crop`` (``_around``), the rest on those."""
+        import tensorflow as tf
         layer = lambda suffix: self._layer(level.name + "_" + suffix)  # noqa: E731
         s = level.stride
         a1 = layer("1_relu")(layer("1_bn")(layer("1_conv")(x[None]), training=False))
-        a2 = layer("2_relu")(layer("2_bn")(layer("2_conv")(a1), training=False))
-        y = a2[:, crop[0]:crop[1], crop[2]:crop[3]]
-        y = layer("3_bn")(layer("3_conv")(y), training=False)
+        conv2 = layer("2_conv")
+        z2 = tf.nn.bias_add(tf.nn.conv2d(_around(a1[0], crop)[None], conv2.kernel, 1, "VALID"),
+                            conv2.bias)
+        a2 = layer("2_relu")(layer("2_bn")(z2, training=False))
+        y = layer("3_bn")(layer("3_conv")(a2), training=False)
         # the shortcut on the kept positions only: input s*i for output i
         short = x[crop[0] * s:(crop[1] - 1) * s + 1, crop[2] * s:(crop[3] - 1) * s + 1][None]
         if level.projection:
@@ -599,7 +738,8 @@ class LevelStreaming(object):
 
     def _block_backward_fn(self, index, x, crop, a1, a2, out, upstream):
         """The backward of block ``index`` on one window, layer by layer from what its forward
-        kept (``a1``, ``a2``: the 1x1's and the 3x3's outputs after ReLU over the whole window;
+        kept (``a1``: the 1x1's output after ReLU over the whole window, ``a2``: the 3x3's at the
+        kept outputs;
         ``out``: the block's output), so that nothing is recomputed. Frozen BatchNorm is a fixed
         scale per channel; a 1x1 conv's gradients are two matrix products. Returns the
         gradients of the level's variables (``_level_index`` order) and of ``x``."""
@@ -619,18 +759,19 @@ class LevelStreaming(object):
 
         grads = {}
         g = upstream * tf.cast(out > 0, tf.float32)
-        d_a2 = one_by_one(a2[crop[0]:crop[1], crop[2]:crop[3]], g * scale("3"), "3_conv")
-        shape2 = tf.shape(a2)
-        d_a2 = tf.pad(d_a2, [[crop[0], shape2[0] - crop[1]], [crop[2], shape2[1] - crop[3]],
-                             [0, 0]])
+        d_a2 = one_by_one(a2, g * scale("3"), "3_conv")
         d_z2 = (d_a2 * tf.cast(a2 > 0, tf.float32) * scale("2"))[None]
         kernel2 = layer("2_conv").kernel
+        around = _around(a1, crop)[None]
         grads["2_conv"] = (
-            tf.compat.v1.nn.conv2d_backprop_filter(a1[None], tf.shape(kernel2), d_z2,
-                                                   [1, 1, 1, 1], "SAME"),
+            tf.compat.v1.nn.conv2d_backprop_filter(around, tf.shape(kernel2), d_z2,
+                                                   [1, 1, 1, 1], "VALID"),
             tf.reduce_sum(d_z2, axis=[0, 1, 2]))
-        d_a1 = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(a1[None]), kernel2, d_z2,
-                                                     [1, 1, 1, 1], "SAME")[0]
+        d_around = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(around), kernel2, d_z2,
+                                                         [1, 1, 1, 1], "VALID")[0]
+        shape1 = tf.shape(a1)       # back from around's rows crop[0]-1 .. crop[1] to a1's
+        d_a1 = tf.pad(d_around, [[crop[0], shape1[0] - crop[1]], [crop[2], shape1[1] - crop[3]],
+                                 [0, 0]])[1:shape1[0] + 1, 1:shape1[1] + 1]
         d_z1 = d_a1 * tf.cast(a1 > 0, tf.float32) * scale("1")
         shape = tf.shape(x)
         dx = _spread(one_by_one(x[::s, ::s], d_z1, "1_conv"), s, shape[0], shape[1])
@@ -719,9 +860,11 @@ class LevelStreaming(object):
         return (w.top - rows[0] // s, w.bottom - rows[0] // s,
                 w.left - cols[0] // s, w.right - cols[0] // s)
 
-    def _run_level(self, canvas, index, windows, previous, uniform_of, bar, inner=None):
+    def _run_level(self, canvas, index, windows, previous, uniform_of, bar, inner=None,
+                   inputs=None):
         """The pieces of level ``index``: each window computed from its input. ``inner``: a
-        list that receives each block window's inner activations (training)."""
+        list that receives each block window's inner activations (training); ``inputs``: one
+        that receives each window's input."""
         level = LEVELS[index]
         height, width = canvas.shape
         n_r, n_c = _input_length(index, height), _input_length(index, width)
@@ -732,6 +875,8 @@ class LevelStreaming(object):
             x = self._input(canvas, index, rows, cols, previous, uniform_of)
             value = self._forward(index, x, self._crop(level, w, rows, cols), inner)
             made.append(Piece(w.top, w.bottom, w.left, w.right, value))
+            if inputs is not None:
+                inputs.append(x)
             if bar is not None:
                 bar.update(1)
         return made
@@ -838,10 +983,10 @@ class LevelStreaming(object):
         ``model.trainable_variables`` (tf.Tensor float32).
 
         Forward: every level's windows, keeping each level's output pieces and each window's
-        inner activations. Backward: from the last level to the first, each window run back
-        from its pieces' gradient and what it kept; its input gradient goes to the previous
-        level's pieces, or to the proxy where the input was uniform. The proxy is run back
-        last, level by level."""
+        inner activations (and its input, where the budget has room). Backward: from the last
+        level to the first, each window run back from its pieces' gradient and what it kept;
+        its input gradient goes to the previous level's pieces, or to the proxy where the input
+        was uniform. The proxy is run back last, level by level."""
         import tensorflow as tf
         canvas = as_canvas(image)
         label = float(label.numpy() if hasattr(label, "numpy") else label)
@@ -861,13 +1006,17 @@ class LevelStreaming(object):
         accumulated = [np.zeros(v.shape, np.float32) for v in self._backbone_vars]
         uniform_of = [lambda r, c, p=p: self._uniform(proxies[p], rows_map[p], cols_map[p], r, c)
                       for p in range(len(LEVELS))]
+        # each window's input kept for its backward, where the budget has room for it
+        keep_inputs = self.kept_inputs = bool(plan_.part_bytes(True, inputs=True)
+                                              <= self._budget(True))
         bar = self._bar(plan_)
         for part in plan_.parts:
-            kept, inner = [], []
+            kept, inner, inputs = [], [], []
             for index, windows in enumerate(part):      # forward, keeping every level's output
                 inner.append([])
+                inputs.append([] if keep_inputs else None)
                 kept.append(self._run_level(canvas, index, windows, kept[-1] if kept else None,
-                                            uniform_of, bar, inner[-1]))
+                                            uniform_of, bar, inner[-1], inputs[-1]))
             for p in kept[-1]:
                 total += p.value.numpy().astype(np.float64).sum(axis=(0, 1))
             d_pieces = [np.broadcast_to(kernel_np, tuple(p.value.shape)).copy() for p in kept[-1]]
@@ -879,7 +1028,8 @@ class LevelStreaming(object):
                 for k, (w, d_piece) in enumerate(zip(part[index], d_pieces)):
                     rows = input_span(level, w.top, w.bottom, n_r)
                     cols = input_span(level, w.left, w.right, n_c)
-                    x = self._input(canvas, index, rows, cols, previous, uniform_of)
+                    x = inputs[index][k] if keep_inputs else \
+                        self._input(canvas, index, rows, cols, previous, uniform_of)
                     crop = self._crop(level, w, rows, cols)
                     d_vars, dx = self._run_back(index, x, crop, d_piece, kept[index][k].value,
                                                 inner[index][k])
@@ -891,7 +1041,7 @@ class LevelStreaming(object):
                     if bar is not None:
                         bar.update(1)
                 d_pieces = d_previous
-                kept[index] = inner[index] = None
+                kept[index] = inner[index] = inputs[index] = None
         if bar is not None:
             bar.close()
         for index in range(len(LEVELS) - 1, -1, -1) if plan_.uses_proxy else ():  # the proxy
@@ -955,6 +1105,16 @@ def _spread(d, stride, rows, cols):
                                           [0, 0]])
     grown = tf.reshape(grown, [shape[0] * stride, shape[1] * stride, shape[2]])
     return grown[:rows, :cols]
+
+
+def _around(a, crop):
+    """The positions of ``a`` (h, w, c) that a 3x3 'same' conv reads for its outputs ``crop``
+    (rows [crop[0], crop[1]), cols [crop[2], crop[3])): rows crop[0] - 1 to crop[1], columns
+    likewise, zero where they fall outside ``a`` (the padding of the whole image: a window's
+    input stops short of its kept outputs' reach only at the canvas's edges)."""
+    import tensorflow as tf
+    padded = tf.pad(a, [[1, 1], [1, 1], [0, 0]])
+    return padded[crop[0]:crop[1] + 2, crop[2]:crop[3] + 2]
 
 
 def _cells(canvas):

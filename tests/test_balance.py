@@ -131,6 +131,7 @@ def test_levels_cost_plans_the_rotated_footprint():
         params = sample_params(pipeline.element_rng(2, 0, k), translate_px=24)
         placed = augment_canvas(image, pipeline.element_rng(2, 0, k), canvas, translate_px=24)
         mask = footprint_canvas(h, w, canvas, params)
+        assert mask.content.strides[2] == 0                       # one byte per px, seen 3 times
         real = np.zeros((canvas, canvas), bool)
         y0, y1, x0, x1 = placed.box
         real[y0:y1, x0:x1] = np.any(placed.content != placed.fill, axis=2)

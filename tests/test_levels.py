@@ -162,6 +162,7 @@ def _full_mask(canvas, index):
 SMALL = {
     "hole": lambda: Canvas(_irregular(90, 110, seed=5, hole=26), (40, 33), FILL, (190, 213)),
     "edge": lambda: Canvas(_irregular(70, 95, seed=6, hole=15), (0, 118), FILL, (161, 213)),
+    "corner": lambda: Canvas(_irregular(83, 61, seed=7, hole=11), (94, 0), FILL, (177, 149)),
 }
 
 
@@ -169,7 +170,7 @@ SMALL = {
 def test_active_mask_is_the_brute_force(name):
     canvas = SMALL[name]()
     touching = flops.touching_positions(canvas)
-    for index in (0, 1, 3, 4, 8, 13, 16):
+    for index in range(len(levels.LEVELS)):
         level = levels.LEVELS[index]
         got = _full_mask(canvas, index)
         assert np.array_equal(got, _brute_active(canvas, level)), level.name
@@ -249,20 +250,45 @@ def test_plan_computes_each_active_output_cell_once():
         assert max(b[3] for b in box) - min(b[2] for b in box) <= 4
 
 
-def test_super_windows_are_a_near_square_grid_of_at_least_the_count_asked():
-    """``_grid``: a box of output cells cut into at least ``wanted`` super-windows (unless the
-    box has fewer cells), more along its longer side, none longer than the cap."""
-    for height, width in ((40, 62), (62, 40), (10, 10), (3, 50), (1, 1)):
-        box = (5, 5 + height, 7, 7 + width)
-        for wanted in (1, 2, 5, 6, 9, 17, 36, 700):
-            rows, cols = levels._grid(box, wanted, None)
-            assert 1 <= rows <= height and 1 <= cols <= width
-            assert rows * cols >= min(wanted, height * width), (height, width, wanted)
-            if min(height, width) >= 10 and height * width >= 4 * wanted:   # room to be square
-                side = (height / float(rows), width / float(cols))
-                assert max(side) <= 2.5 * min(side), (height, width, wanted, rows, cols)
-        rows, cols = levels._grid(box, 1, 4)
-        assert -(-height // rows) <= 4 and -(-width // cols) <= 4
+def test_super_window_grid_is_the_cheapest_that_fits_the_estimate():
+    """``_Estimate`` from the masks alone: its MACs are within 25% of the windows' own and its
+    bytes rank grids as the windows' do. ``_choose``: the grid fits the scaled estimate, and no
+    fitting grid with as many rows or fewer costs less; a cap bounds every side."""
+    canvas = _canvas("hole")
+    masks = levels.active_masks(canvas)
+    r0, c0, last = masks[-1]
+    rows, cols = np.flatnonzero(last.any(axis=1)), np.flatnonzero(last.any(axis=0))
+    box = (r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1)
+    estimate = levels._Estimate(masks, canvas.shape, True)
+
+    def real(n_r, n_c):
+        cells = [(a, b, c, d) for a, b in levels._split(box[:2], n_r)
+                 for c, d in levels._split(box[2:], n_c)]
+        parts = [levels._part(canvas, masks, c)[0] for c in cells]
+        plan = levels.Plan(canvas.shape, parts, levels.ProxyGeometry(1, 1),
+                           np.zeros((1, 1), np.int64), False)
+        return plan.part_bytes(), plan.macs()
+
+    height, width = box[1] - box[0], box[3] - box[2]
+    grids = [(1, 1), (1, width), (height, 1), (height, width)]
+    kept = {g: estimate(levels._split(box[:2], g[0]), levels._split(box[2:], g[1])) for g in grids}
+    exact = {g: real(*g) for g in grids}
+    for g in grids:
+        assert 0.8 <= kept[g][1] / exact[g][1] <= 1.25, g
+    assert kept[(height, width)][0].max() < kept[(1, 1)][0].max()
+    assert exact[(height, width)][0] < exact[(1, 1)][0]
+
+    budget = 0.6 * kept[(1, 1)][0].max()
+    n_r, n_c = levels._choose(estimate, box, budget, None, 1.0)
+    chosen = estimate(levels._split(box[:2], n_r), levels._split(box[2:], n_c))
+    assert chosen[0].max() <= budget and (n_r, n_c) != (1, 1)
+    for r in range(1, n_r + 1):
+        for c in range(1, width + 1):
+            kept_, macs = estimate(levels._split(box[:2], r), levels._split(box[2:], c))
+            if kept_.max() <= budget:
+                assert macs >= chosen[1], (r, c)
+    n_r, n_c = levels._choose(estimate, box, 10 * budget, 2, 1.0)      # a cap of 2 cells
+    assert -(-height // n_r) <= 2 and -(-width // n_c) <= 2
 
 
 # ----------------------------------------------------------------------------------- the proxy
@@ -401,6 +427,11 @@ def test_equals_direct(model, reference, name, tile, proxy):
         assert plan.counts.sum() == 0 and reads
     assert (len(plan.parts) > 1) == (tile is not None)
     _assert_gradients(model, strategy.gradients(canvas.as_element(), 1.0), d_gradients)
+    assert strategy.kept_inputs         # the default budget has room for the windows' inputs
+    if tile is not None:                # a budget without that room: inputs assembled again
+        strategy.memory_bytes = strategy.last_plan.part_bytes(True)
+        _assert_gradients(model, strategy.gradients(canvas.as_element(), 1.0), d_gradients)
+        assert strategy.kept_inputs is False
 
 
 def test_proxy_cells_take_their_edges_values(model, reference):
