@@ -144,8 +144,9 @@ def mask_strips(canvas):
         strip = content[r0:r0 + rows]
         # channel by channel: several times faster than np.any over a (rows, w, 3) comparison
         mask = strip[..., 0] != fill[0]
-        mask |= strip[..., 1] != fill[1]
-        mask |= strip[..., 2] != fill[2]
+        if content.strides[2] or not fill[0] == fill[1] == fill[2]:    # not one channel seen 3x
+            mask |= strip[..., 1] != fill[1]
+            mask |= strip[..., 2] != fill[2]
         yield r0, mask
 
 

@@ -8,9 +8,10 @@ function of the input positions within its *reach* (``Level.reach``: 5 px for th
 position for a stride-1 block, two input positions for a stride-2 block), so a window that
 computes output rows [a, b) of a level needs its input rows [s a - before, s (b-1) + reach + 1)
 (s: the level's stride, ``before``: the reach rounded up to s, so that the window's grid is the
-canvas's grid), clipped to the canvas, where the zero padding is the whole image's. Convs inside
-a window use Keras' own padding; the positions that it corrupts lie in the reach and are cut off
-(``_crop``) before the level's last 1x1 conv.
+canvas's grid), clipped to the canvas, where the zero padding is the whole image's. The stem
+uses Keras' own padding and is cropped (``_crop``) after its pooling; a block runs its first 1x1
+over the window and its 3x3 only at the kept outputs (``_around``: zeros only where the canvas
+ends), then the rest on those.
 
 Active positions. A position of level l whose receptive field (``Level.radius`` px around its
 centre ``Level.jump`` i) holds only fill pixels has the value that a uniform fill image gives at
@@ -350,7 +351,9 @@ def _kept_values(index, w, shape, training, inputs=False):
     """Values that a step keeps for window ``w`` of level ``index`` until its backward: its
     output, and in training its inner activations (a block's 1x1 output over its whole window
     at its stride and its 3x3 output at the kept positions; the stem's conv1 output, at stride
-    2), and with ``inputs`` its input (the stem's uint8 pixels count as values)."""
+    2), and with ``inputs`` its input. The inputs are counted with the outputs, among the
+    gradients of two levels at a time too, and the stem's uint8 pixels as 4 bytes: more than
+    they take, which leaves the runtime room for a window's input assembled in the forward."""
     level = LEVELS[index]
     out = (w.bottom - w.top) * (w.right - w.left)
     values = level.channels * out
@@ -529,11 +532,12 @@ _SCALE = 1.4
 
 
 def _choose(estimate, box, memory_bytes, cap, scale):
-    """(rows, cols) of the grid of super-windows over ``box`` (output cells) whose estimated
-    MACs are least among those whose largest super-window's estimated bytes x ``scale`` fit
-    ``memory_bytes``: for each number of rows, the columns that fit with the least MACs (a
-    bisection, then the counts down to half of it); more rows while that still pays. No side
-    over ``cap`` cells (None: no cap)."""
+    """(rows, cols) of a grid of super-windows over ``box`` (output cells) whose largest
+    super-window's estimated bytes x ``scale`` fit ``memory_bytes``, with few estimated MACs. A
+    search, not an exhaustive one: for each number of rows, the columns that fit (a bisection,
+    then the counts down to half of it, as fit is not monotone where part sizes jump) with the
+    least MACs; more rows while that still pays. No side over ``cap`` cells (None: no cap).
+    When no grid fits, one super-window per cell."""
     height, width = box[1] - box[0], box[3] - box[2]
     low_r = 1 if cap is None else -(-height // cap)
     low_c = 1 if cap is None else -(-width // cap)
@@ -569,11 +573,11 @@ def _choose(estimate, box, memory_bytes, cap, scale):
 
 def plan(canvas, memory_bytes=None, training=True, tile=None):
     """The ``Plan`` of a ``data.canvas.Canvas``: one super-window over every active output cell
-    when its kept activations fit ``memory_bytes`` (None: no limit), else a grid of near-equal
-    super-windows that do, the one whose overlap costs least by an estimate from the active
-    masks (``_Estimate``, ``_choose``), checked against the windows' own bytes. ``tile``: at
-    most this many px of output cells per super-window side (a multiple of 32), whatever the
-    memory."""
+    when its kept activations fit ``memory_bytes`` (None: no limit; tried first where the
+    estimate alone allows it), else a grid of near-equal super-windows that do, chosen for its
+    small overlap by an estimate from the active masks (``_Estimate``, ``_choose``) and checked
+    against the windows' own bytes. ``tile``: at most this many px of output cells per
+    super-window side (a multiple of 32), whatever the memory."""
     if memory_bytes is not None and memory_bytes <= 0:
         raise ValueError("streaming: a memory budget of {:.2f} GB leaves no room for a step"
                          .format(memory_bytes / 1e9))
@@ -593,11 +597,17 @@ def plan(canvas, memory_bytes=None, training=True, tile=None):
         box = (r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1)
         cap = None if tile is None else max(1, int(tile) // OUTPUT_STRIDE)
         estimate = None if memory_bytes is None else _Estimate(masks, canvas.shape, training)
-        scale = _SCALE
+        coarsest = (1 if cap is None else -(-(box[1] - box[0]) // cap),
+                    1 if cap is None else -(-(box[3] - box[2]) // cap))
+        scale = None
         while True:
             if estimate is None:
-                n_r = 1 if cap is None else -(-(box[1] - box[0]) // cap)
-                n_c = 1 if cap is None else -(-(box[3] - box[2]) // cap)
+                n_r, n_c = coarsest
+            elif scale is None:     # the coarsest grid first where its bare estimate fits
+                scale = _SCALE
+                kept = estimate(_split(box[:2], coarsest[0]), _split(box[2:], coarsest[1]))[0]
+                n_r, n_c = coarsest if kept.max() <= memory_bytes else \
+                    _choose(estimate, box, memory_bytes, cap, scale)
             else:
                 n_r, n_c = _choose(estimate, box, memory_bytes, cap, scale)
             cells = [(a, b, c, d) for a, b in _split(box[:2], n_r) for c, d in _split(box[2:], n_c)]
@@ -739,10 +749,9 @@ class LevelStreaming(object):
     def _block_backward_fn(self, index, x, crop, a1, a2, out, upstream):
         """The backward of block ``index`` on one window, layer by layer from what its forward
         kept (``a1``: the 1x1's output after ReLU over the whole window, ``a2``: the 3x3's at the
-        kept outputs;
-        ``out``: the block's output), so that nothing is recomputed. Frozen BatchNorm is a fixed
-        scale per channel; a 1x1 conv's gradients are two matrix products. Returns the
-        gradients of the level's variables (``_level_index`` order) and of ``x``."""
+        kept outputs; ``out``: the block's output), so that nothing is recomputed. Frozen
+        BatchNorm is a fixed scale per channel; a 1x1 conv's gradients are two matrix products.
+        Returns the gradients of the level's variables (``_level_index`` order) and of ``x``."""
         import tensorflow as tf
         level = LEVELS[index]
         s = level.stride

@@ -17,7 +17,7 @@ Why these sizes. A training step costs in proportion to the work its plan comput
 the tissue, not the canvas (model/levels.py). One update is 8 slides (``batch_size`` 8), whatever
 the number of ranks. A 4.0 x 3.8 mm slide (1,754 x 1,667 px at 2.28 um/px; the generator's
 smallest, which still holds a node with a > 2 mm macrometastasis) keeps the whole run to a few
-minutes on 2 CPU cores (README, "The paper's protocol at full scale": 4.6 min, the update 212 s).
+minutes on 2 CPU cores (README, "The paper's protocol at full scale": 4.9 min, the update 220 s).
 12 slides give 8 train (each seen once by the one update), 2 validation and 2 test
 slides, one of each class, so the table has both classes (``cohort_fits``).
 """

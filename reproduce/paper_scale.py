@@ -25,7 +25,7 @@ def add_arguments(parser):
         "below, on synthetic 4.0 x 3.8 mm slides at 2.28 um/px (the paper's scale; the "
         "generator's smallest, still holding a > 2 mm macrometastasis, as a step's time follows "
         "the tissue's pixels) on the 21,500 px canvas; 2 ranks, augmentation on: the one update "
-        "of 8 slides took 3.5 min on 2 CPU cores, the whole run 4.6 min (README, "
+        "of 8 slides took 3.7 min on 2 CPU cores, the whole run 4.9 min (README, "
         "'The paper's protocol at full scale').")
     group.add_argument("--paper-scale", action="store_true",
                        help="run configs/paper.yaml end to end at 21,500^2 (writes the config "

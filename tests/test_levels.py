@@ -234,6 +234,8 @@ def test_plan_computes_each_active_output_cell_once():
     by_memory, _, _ = levels.plan(canvas, memory_bytes=budget)
     assert len(whole.parts) == 1 and len(by_tile.parts) > 1 and len(by_memory.parts) > 1
     assert by_memory.part_bytes() <= budget < whole.part_bytes()
+    # a budget that one super-window just fits is not split
+    assert len(levels.plan(canvas, memory_bytes=whole.part_bytes())[0].parts) == 1
     with pytest.raises(ValueError, match="leaves no room"):
         levels.plan(canvas, memory_bytes=0)
     for plan in (whole, by_tile, by_memory):
@@ -251,9 +253,10 @@ def test_plan_computes_each_active_output_cell_once():
 
 
 def test_super_window_grid_is_the_cheapest_that_fits_the_estimate():
-    """``_Estimate`` from the masks alone: its MACs are within 25% of the windows' own and its
-    bytes rank grids as the windows' do. ``_choose``: the grid fits the scaled estimate, and no
-    fitting grid with as many rows or fewer costs less; a cap bounds every side."""
+    """``_Estimate`` from the masks alone: its MACs are within 25% of the windows' own, and its
+    bytes fall from one super-window to one per cell as the windows' do. ``_choose``: the grid
+    fits the scaled estimate, and on this canvas no fitting grid with as many rows or fewer
+    costs less; a cap bounds every side."""
     canvas = _canvas("hole")
     masks = levels.active_masks(canvas)
     r0, c0, last = masks[-1]
@@ -431,6 +434,7 @@ def test_equals_direct(model, reference, name, tile, proxy):
     if tile is not None:                # a budget without that room: inputs assembled again
         strategy.memory_bytes = strategy.last_plan.part_bytes(True)
         _assert_gradients(model, strategy.gradients(canvas.as_element(), 1.0), d_gradients)
+        assert strategy.last_plan.part_bytes(True, inputs=True) > strategy.memory_bytes
         assert strategy.kept_inputs is False
 
 
