@@ -46,9 +46,9 @@ def slide_cost(height, width, canvas, params=None, tile=None, margin=None, level
 
     ``levels``: streaming in levels (``model.levels``): the MACs of the plan of
     ``footprint_canvas`` with ``tile`` as its cap (the memory budget is left out, so every rank
-    plans alike whatever its memory). Else ``tile`` (px): the one-level plan (``model.streaming.plan``) of the content
-    box with that tile and ``margin``; ``tile`` None (a whole-image strategy): the canvas's
-    area, the same for every slide."""
+    plans alike whatever its memory). Else ``tile`` (px): the one-level plan
+    (``model.streaming.plan``) of the content box with that tile and ``margin``; ``tile`` None
+    (a whole-image strategy): the canvas's area, the same for every slide."""
     if levels:
         from model.levels import plan
         return plan(footprint_canvas(height, width, canvas, params), None, True, tile)[0].macs()

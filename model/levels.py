@@ -221,11 +221,6 @@ def active_masks(canvas):
     return masks
 
 
-def active_mask(canvas, index):
-    """``active_masks(canvas)[index]``."""
-    return active_masks(canvas)[index]
-
-
 # ----------------------------------------------------------------------------------- planning
 
 # What a window costs beyond its MACs (a call forward and back, its input assembled, its

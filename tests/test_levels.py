@@ -149,10 +149,10 @@ def _brute_active(canvas, level):
     return out
 
 
-def _full_mask(canvas, index):
-    """``active_mask`` placed on the level's whole grid."""
+def _full_mask(canvas, index, masks=None):
+    """Level ``index``'s mask of ``active_masks`` placed on the level's whole grid."""
     level = levels.LEVELS[index]
-    r0, c0, mask = levels.active_mask(canvas, index)
+    r0, c0, mask = (masks or levels.active_masks(canvas))[index]
     full = np.zeros((levels.grid(canvas.shape[0], level), levels.grid(canvas.shape[1], level)),
                     bool)
     full[r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]] = mask
@@ -170,9 +170,10 @@ SMALL = {
 def test_active_mask_is_the_brute_force(name):
     canvas = SMALL[name]()
     touching = flops.touching_positions(canvas)
+    masks = levels.active_masks(canvas)
     for index in range(len(levels.LEVELS)):
         level = levels.LEVELS[index]
-        got = _full_mask(canvas, index)
+        got = _full_mask(canvas, index, masks)
         assert np.array_equal(got, _brute_active(canvas, level)), level.name
         # the floor of model/flops.py counts the same positions for the level's last layer
         assert got.sum() == touching[LAYERS.index(level.layers[-1])], level.name
@@ -185,8 +186,8 @@ def test_active_mask_of_an_empty_or_fill_only_canvas():
     empty = Canvas(np.zeros((0, 0, 3), np.uint8), (0, 0), FILL, (300, 400))
     fill_only = Canvas(np.full((50, 60, 3), FILL, np.uint8), (100, 90), FILL, (300, 400))
     for index in range(len(levels.LEVELS)):
-        assert levels.active_mask(empty, index)[2].size == 0
-        assert not levels.active_mask(fill_only, index)[2].any()
+        assert levels.active_masks(empty)[index][2].size == 0
+        assert not levels.active_masks(fill_only)[index][2].any()
     plan, _, _ = levels.plan(empty)
     assert plan.parts == [] and plan.macs() > 0      # the proxy alone stands for every cell
     assert plan.counts.sum() == (-(-300 // 32)) * (-(-400 // 32))
@@ -211,8 +212,7 @@ def _check_cover(index, mask, r0, c0, shape):
 
 def test_cover_is_disjoint_complete_and_inside_the_grid():
     canvas = _canvas("hole")
-    for index in range(len(levels.LEVELS)):
-        r0, c0, mask = levels.active_mask(canvas, index)
+    for index, (r0, c0, mask) in enumerate(levels.active_masks(canvas)):
         _check_cover(index, mask, r0, c0, canvas.shape)
     rng = np.random.RandomState(1)
     for index in (0, 4, 9, 16):
