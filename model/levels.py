@@ -692,11 +692,27 @@ class LevelStreaming(object):
         self._order = variable_order(model, self._backbone_vars)
 
     # -- one level on one window ---------------------------------------------------------------
+    def _conv(self, name, x, relu=True, fold=False):
+        """Keras' conv ``name``_conv, its frozen BatchNorm ``name``_bn and, with ``relu``, a
+        ReLU. ``fold``: as one conv whose kernel and bias carry the BatchNorm's scale and shift,
+        which TensorFlow fuses with the ReLU into one operation where the layers pass over the
+        output three times: the same function up to float32 rounding. Prediction folds. A
+        training step runs the layers as the whole image does: a value within rounding of 0
+        would otherwise fall on the other side of a ReLU, and its gradient take the other
+        branch."""
+        import tensorflow as tf
+        conv, bn = self._layer(name + "_conv"), self._layer(name + "_bn")
+        if fold:
+            scale = _bn_scale(bn)
+            y = tf.nn.bias_add(tf.nn.conv2d(x, conv.kernel * scale, conv.strides, "VALID"),
+                               (conv.bias - bn.moving_mean) * scale + bn.beta)
+        else:
+            y = bn(tf.nn.bias_add(tf.nn.conv2d(x, conv.kernel, conv.strides, "VALID"), conv.bias),
+                   training=False)
+        return tf.nn.relu(y) if relu else y
+
     def _stem(self, x, crop, inner=False):
-        layer = self._layer
-        y = preprocess(x)[None]
-        y = layer("conv1_conv")(layer("conv1_pad")(y))
-        a = layer("conv1_relu")(layer("conv1_bn")(y, training=False))
+        a = self._conv("conv1", self._layer("conv1_pad")(preprocess(x)[None]), fold=not inner)
         y = self._pool(a, crop)
         return (y, a[0]) if inner else y
 
@@ -711,31 +727,28 @@ class LevelStreaming(object):
         with tf.GradientTape() as tape:
             tape.watch(a)
             pooled = self._pool(a[None], crop)
-        d_a = tape.gradient(pooled, a, output_gradients=upstream)
-        d_z = (d_a * tf.cast(a > 0, tf.float32) * _bn_scale(self._layer("conv1_bn")))[None]
+        g = _relu_grad(tape.gradient(pooled, a, output_gradients=upstream), a)[None]
+        scale = _bn_scale(self._layer("conv1_bn"))
         kernel = self._layer("conv1_conv").kernel
         image = self._layer("conv1_pad")(preprocess(x)[None])
-        return [tf.compat.v1.nn.conv2d_backprop_filter(image, tf.shape(kernel), d_z,
-                                                       [1, 2, 2, 1], "VALID"),
-                tf.reduce_sum(d_z, axis=[0, 1, 2])]
+        return [tf.compat.v1.nn.conv2d_backprop_filter(image, tf.shape(kernel), g,
+                                                       [1, 2, 2, 1], "VALID") * scale,
+                tf.reduce_sum(g, axis=[0, 1, 2]) * scale]
 
     def _block(self, level, x, crop, inner=False):
         """Block ``level`` on the input window ``x``: its 1x1 over the whole window, its 3x3
-        only at the kept outputs ``crop`` (``_around``), the rest on those."""
+        only at the kept outputs ``crop`` (``_around``), the rest on those. ``inner``: a
+        training step's, which also returns the 1x1's and the 3x3's outputs (``_conv``)."""
         import tensorflow as tf
-        layer = lambda suffix: self._layer(level.name + "_" + suffix)  # noqa: E731
-        s = level.stride
-        a1 = layer("1_relu")(layer("1_bn")(layer("1_conv")(x[None]), training=False))
-        conv2 = layer("2_conv")
-        z2 = tf.nn.bias_add(tf.nn.conv2d(_around(a1[0], crop)[None], conv2.kernel, 1, "VALID"),
-                            conv2.bias)
-        a2 = layer("2_relu")(layer("2_bn")(z2, training=False))
-        y = layer("3_bn")(layer("3_conv")(a2), training=False)
+        name, s, fold = level.name, level.stride, not inner
+        a1 = self._conv(name + "_1", x[None], fold=fold)
+        a2 = self._conv(name + "_2", _around(a1[0], crop)[None], fold=fold)
+        y = self._conv(name + "_3", a2, relu=False, fold=fold)
         # the shortcut on the kept positions only: input s*i for output i
         short = x[crop[0] * s:(crop[1] - 1) * s + 1, crop[2] * s:(crop[3] - 1) * s + 1][None]
         if level.projection:
-            short = layer("0_bn")(layer("0_conv")(short), training=False)
-        out = layer("out")(layer("add")([short, y]))[0]
+            short = self._conv(name + "_0", short, relu=False, fold=fold)
+        out = tf.nn.relu(short + y)[0]
         return (out, a1[0], a2[0]) if inner else out
 
     def _level_fn(self, index, x, crop):
@@ -755,34 +768,34 @@ class LevelStreaming(object):
         def scale(suffix):
             return _bn_scale(layer(suffix + "_bn"))
 
-        def one_by_one(x_in, dz, suffix):
-            kernel = layer(suffix).kernel
-            grads[suffix] = (tf.tensordot(x_in, dz, axes=[[0, 1], [0, 1]])[None, None],
-                             tf.reduce_sum(dz, axis=[0, 1]))
-            return tf.tensordot(dz, kernel[0, 0], axes=[[2], [1]])
+        def one_by_one(x_in, g, suffix):
+            """A 1x1 conv and its frozen BatchNorm run back from ``g``, the gradient after the
+            BatchNorm: its per-channel scale goes on the kernel-sized results, not on ``g``."""
+            kernel, sigma = layer(suffix + "_conv").kernel[0, 0], scale(suffix)
+            grads[suffix + "_conv"] = (
+                (tf.tensordot(x_in, g, axes=[[0, 1], [0, 1]]) * sigma)[None, None],
+                tf.reduce_sum(g, axis=[0, 1]) * sigma)
+            return tf.tensordot(g, kernel * sigma, axes=[[2], [1]])
 
         grads = {}
-        g = upstream * tf.cast(out > 0, tf.float32)
-        d_a2 = one_by_one(a2, g * scale("3"), "3_conv")
-        d_z2 = (d_a2 * tf.cast(a2 > 0, tf.float32) * scale("2"))[None]
-        kernel2 = layer("2_conv").kernel
+        g = _relu_grad(upstream, out)
+        d_a2 = one_by_one(a2, g, "3")
+        g2 = _relu_grad(d_a2, a2)[None]
+        kernel2, scale2 = layer("2_conv").kernel, scale("2")
         around = _around(a1, crop)[None]
         grads["2_conv"] = (
-            tf.compat.v1.nn.conv2d_backprop_filter(around, tf.shape(kernel2), d_z2,
-                                                   [1, 1, 1, 1], "VALID"),
-            tf.reduce_sum(d_z2, axis=[0, 1, 2]))
-        d_around = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(around), kernel2, d_z2,
+            tf.compat.v1.nn.conv2d_backprop_filter(around, tf.shape(kernel2), g2,
+                                                   [1, 1, 1, 1], "VALID") * scale2,
+            tf.reduce_sum(g2, axis=[0, 1, 2]) * scale2)
+        d_around = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(around), kernel2 * scale2, g2,
                                                          [1, 1, 1, 1], "VALID")[0]
-        shape1 = tf.shape(a1)       # back from around's rows crop[0]-1 .. crop[1] to a1's
-        d_a1 = tf.pad(d_around, [[crop[0], shape1[0] - crop[1]], [crop[2], shape1[1] - crop[3]],
-                                 [0, 0]])[1:shape1[0] + 1, 1:shape1[1] + 1]
-        d_z1 = d_a1 * tf.cast(a1 > 0, tf.float32) * scale("1")
+        d_a1 = _from_around(d_around, crop, tf.shape(a1))
         shape = tf.shape(x)
-        dx = _spread(one_by_one(x[::s, ::s], d_z1, "1_conv"), s, shape[0], shape[1])
+        dx = _spread(one_by_one(x[::s, ::s], _relu_grad(d_a1, a1), "1"), s, shape[0], shape[1])
         # the shortcut read input s*i for each kept output i
         if level.projection:
             short = x[crop[0] * s:(crop[1] - 1) * s + 1:s, crop[2] * s:(crop[3] - 1) * s + 1:s]
-            d_short = one_by_one(short, g * scale("0"), "0_conv")
+            d_short = one_by_one(short, g, "0")
         else:
             d_short = g
         rows, cols = (crop[1] - 1) * s + 1 - crop[0] * s, (crop[3] - 1) * s + 1 - crop[2] * s
@@ -1098,6 +1111,13 @@ def _bn_scale(bn):
     return bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
 
 
+def _relu_grad(upstream, out):
+    """The gradient through a ReLU whose output is ``out``: ``upstream`` where ``out`` > 0, in
+    one pass (TensorFlow's own ReluGrad)."""
+    import tensorflow as tf
+    return tf.raw_ops.ReluGrad(gradients=upstream, features=out)
+
+
 def _spread(d, stride, rows, cols):
     """``d`` (h, w, c) at every ``stride``-th position of a zero (rows, cols, c) map (the input
     gradient of a strided 1x1 conv): rows s*i, cols s*j hold d[i, j]."""
@@ -1119,6 +1139,17 @@ def _around(a, crop):
     import tensorflow as tf
     padded = tf.pad(a, [[1, 1], [1, 1], [0, 0]])
     return padded[crop[0]:crop[1] + 2, crop[2]:crop[3] + 2]
+
+
+def _from_around(d_around, crop, shape):
+    """The gradient of ``a`` (``shape``) from that of ``_around(a, crop)``: its rows crop[0] - 1
+    to crop[1] and columns likewise, less those outside ``a`` (the zero padding)."""
+    import tensorflow as tf
+    top, left = tf.maximum(crop[0] - 1, 0), tf.maximum(crop[2] - 1, 0)
+    bottom, right = tf.minimum(crop[1] + 1, shape[0]), tf.minimum(crop[3] + 1, shape[1])
+    inner = d_around[top - (crop[0] - 1):bottom - (crop[0] - 1),
+                     left - (crop[2] - 1):right - (crop[2] - 1)]
+    return tf.pad(inner, [[top, shape[0] - bottom], [left, shape[1] - right], [0, 0]])
 
 
 def _cells(canvas):

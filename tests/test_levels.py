@@ -5,9 +5,9 @@ Geometry is checked against arithmetic that knows nothing of levels (the kernels
 of ``model.resnet.LAYERS``, ``model.flops``' counts, brute-force loops over positions).
 Exactness uses ResNet-50 with perturbed frozen BatchNorm and a random head
 (``tests.conftest.perturbed_model``), with the tolerances of tests/test_streaming.py: logit and
-CAM 1e-5 absolute, each gradient 1e-4 relative (max|a-b| / max|b| per tensor). The negative
-controls show that these tolerances catch a window short of its reach and a proxy that ignores
-an edge.
+CAM 1e-5 absolute, each gradient 1e-4 relative (max|a-b| / max|b| per tensor), except where one
+ReLU's branch can account for more (``_gradient_tolerance``). The negative controls show that
+these tolerances catch a window short of its reach and a proxy that ignores an edge.
 """
 import time
 
@@ -24,7 +24,7 @@ from model.resnet import FEATURES, LAYERS, OUTPUT_STRIDE, RADIUS  # noqa: E402
 from tests.conftest import perturbed_model  # noqa: E402
 
 LOGIT_TOL = 1e-5          # absolute, logit and every CAM cell
-GRAD_TOL = 1e-4           # relative per tensor
+GRAD_TOL = 1e-4           # relative per tensor (``_gradient_tolerance``)
 FILL = (235, 228, 241)    # not white: a fill that the code must read from the canvas
 LENGTHS = (97, 517, 1105, 4096, 21500)
 
@@ -381,14 +381,38 @@ def _assert_prediction(ours, theirs):
     assert np.max(np.abs(ours["cam"] - theirs["cam"])) <= LOGIT_TOL
 
 
-def _assert_gradients(model, ours, theirs):
+def _gradient_tolerance(name, shape):
+    """The relative tolerance of the gradient of variable ``name`` on a canvas of ``shape`` px:
+    GRAD_TOL, or for a conv's kernel or bias 4 / (its output positions) where that is larger.
+
+    Why. Streaming and the whole image compute each value to float32 rounding, not bit for bit
+    (here within 1e-6 of each level's largest value). A ReLU input within that rounding of 0
+    can be positive in one and 0 in the other, and its gradient then takes the other branch:
+    one position's term of a conv's gradient sum, about 1 / (the conv's output positions) of
+    it, changes. Seen on the rotated canvas: one conv5_block3 output, 6.0e-8 in the whole image
+    and 0 in the windows, moved conv5_block3_3_conv's kernel gradient by 5.6e-4 of its largest
+    entry (19 x 25 positions: 1 / 475 = 2.1e-3); a whole image against float64 has shown 0.94
+    of 1 / positions (tests/test_selfcheck.py), hence 4. Which ReLU falls that close to 0
+    differs from one CPU to another. A mistake in streaming moves values by far more than rounding, and with
+    them the earlier convs' gradients (thousands of positions: GRAD_TOL), the logit and the CAM
+    (LOGIT_TOL)."""
+    layer = name.split("/")[0]
+    index = [i for i, entry in enumerate(LAYERS) if entry.name == layer]
+    if not index:       # the head: one term, no ReLU after it
+        return GRAD_TOL
+    rows, cols = (flops.output_sizes(length)[index[0]] for length in shape)
+    return max(GRAD_TOL, 4.0 / (rows * cols))
+
+
+def _assert_gradients(model, ours, theirs, shape):
     (loss, probability, grads), (d_loss, d_probability, d_grads) = ours, theirs
     assert abs(float(loss) - float(d_loss)) <= LOGIT_TOL
     assert abs(float(probability) - float(d_probability)) <= LOGIT_TOL
     assert len(grads) == len(d_grads) == len(model.trainable_variables)
     for g, d, v in zip(grads, d_grads, model.trainable_variables):
         assert tuple(g.shape) == tuple(v.shape), v.name
-        assert selfcheck.relative_error(g.numpy(), d.numpy()) <= GRAD_TOL, v.name
+        assert selfcheck.relative_error(g.numpy(), d.numpy()) <= \
+            _gradient_tolerance(v.name, shape), v.name
 
 
 def _reads_proxy(plan, shape):
@@ -429,11 +453,13 @@ def test_equals_direct(model, reference, name, tile, proxy):
     elif proxy == "reads":
         assert plan.counts.sum() == 0 and reads
     assert (len(plan.parts) > 1) == (tile is not None)
-    _assert_gradients(model, strategy.gradients(canvas.as_element(), 1.0), d_gradients)
+    _assert_gradients(model, strategy.gradients(canvas.as_element(), 1.0), d_gradients,
+                      canvas.shape)
     assert strategy.kept_inputs         # the default budget has room for the windows' inputs
     if tile is not None:                # a budget without that room: inputs assembled again
         strategy.memory_bytes = strategy.last_plan.part_bytes(True)
-        _assert_gradients(model, strategy.gradients(canvas.as_element(), 1.0), d_gradients)
+        _assert_gradients(model, strategy.gradients(canvas.as_element(), 1.0), d_gradients,
+                      canvas.shape)
         assert strategy.last_plan.part_bytes(True, inputs=True) > strategy.memory_bytes
         assert strategy.kept_inputs is False
 

@@ -258,13 +258,19 @@ def test_float64_block_by_block_equals_one_tape(tiny):
 
 def test_float64_agrees_with_float32_within_its_precision(tiny):
     """Same weights and frozen statistics (random BN: batch statistics would be far off); the
-    only difference is float32 rounding, so ~1e-7 to 1e-6, and not exactly 0. (A ReLU input
-    that rounding moves across 0 would change a gradient by one position's whole share: the
-    image is one where none does, as for most.)"""
+    only difference is float32 rounding: ~1e-7 to 1e-6 on the logit, the loss and the CAM, and
+    on most gradients, not exactly 0. A ReLU input that rounding moves across 0 changes a
+    gradient by one position's share of it, and which ReLUs are that close to 0 differs from one
+    CPU to another: on one, no gradient moved by over 1e-5; on another, 44 of the 108 did, the
+    worst (conv3_block4_1_conv's, 675 positions) by 1.4e-3. So the gradients are held to 1e-5
+    at the median and 1e-2 at most; a copy that computed another network would be off by far
+    more on the logit alone."""
     relative = tiny["selfcheck"].relative_errors(tiny["tensors"]["float32"],
                                                  tiny["tensors"]["float64"])
-    assert max(relative.values()) <= 1e-5
     assert max(relative[k] for k in ("logit", "loss", "cam")) <= 1e-6
+    gradients = [e for name, e in relative.items() if name not in ("logit", "loss", "cam")]
+    assert len(gradients) == 108
+    assert np.median(gradients) <= 1e-5 and max(gradients) <= 1e-2
     assert max(relative.values()) > 0
 
 
@@ -278,8 +284,9 @@ def test_judge_passes_within_the_factor_and_fails_far_outside(tiny):
         selfcheck.streaming_results(streaming, tiny["image"], 1.0), tiny["names"])
     verdict = selfcheck.judge(selfcheck.relative_errors(ours, reference), own)
     assert verdict["passed"] and verdict["ratio"] <= 1.0
-    # one gradient entry moved by 1% of the tensor's largest entry: far outside, and named
-    name = tiny["names"][40]
+    # one gradient entry moved by 1% of the tensor's largest entry: far outside, and named (the
+    # tensor that float32 itself computes best: one that a ReLU near 0 did not move)
+    name = min(tiny["names"], key=own.get)
     moved = dict(ours)
     moved[name] = ours[name].copy()
     moved[name].flat[0] += 0.01 * np.max(np.abs(reference[name]))
