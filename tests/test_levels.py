@@ -9,6 +9,7 @@ CAM 1e-5 absolute, each gradient 1e-4 relative (max|a-b| / max|b| per tensor), e
 ReLU's branch can account for more (``_gradient_tolerance``). The negative controls show that
 these tolerances catch a window short of its reach and a proxy that ignores an edge.
 """
+import re
 import time
 
 import numpy as np
@@ -396,12 +397,21 @@ def _gradient_tolerance(name, shape):
     differs from one CPU to another. A mistake in streaming moves values by far more than rounding, and with
     them the earlier convs' gradients (thousands of positions: GRAD_TOL), the logit and the CAM
     (LOGIT_TOL)."""
-    layer = name.split("/")[0]
+    # Keras numbers the variables of a second model built in one process: conv1_conv_14/kernel
+    layer = re.sub(r"_[0-9]+$", "", name.split("/")[0])
     index = [i for i, entry in enumerate(LAYERS) if entry.name == layer]
     if not index:       # the head: one term, no ReLU after it
         return GRAD_TOL
     rows, cols = (flops.output_sizes(length)[index[0]] for length in shape)
     return max(GRAD_TOL, 4.0 / (rows * cols))
+
+
+def test_gradient_tolerance_finds_the_layer_of_a_numbered_variable():
+    # conv5 on 601 x 777 px: 19 x 25 positions
+    for name in ("conv5_block1_0_conv/kernel:0", "conv5_block1_0_conv_14/kernel:0"):
+        assert _gradient_tolerance(name, (601, 777)) == pytest.approx(4.0 / 475)
+    assert _gradient_tolerance("conv1_conv_3/bias:0", (601, 777)) == GRAD_TOL   # 301 x 389
+    assert _gradient_tolerance("head_14/kernel:0", (601, 777)) == GRAD_TOL
 
 
 def _assert_gradients(model, ours, theirs, shape):
